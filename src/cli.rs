@@ -1,0 +1,238 @@
+//! Command-line options. Spelled like virtiofsd's wherever an option means the same thing, so
+//! that callers (libvirt, NixOS, scripts) can swap the binary.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use log::LevelFilter;
+
+use crate::fs::open_flags::NoatimePolicy;
+use crate::fs::CachePolicy;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    /// New mount/pid/net namespaces with the shared directory as root (not available yet).
+    Namespace,
+    /// chroot(2) into the shared directory (not available yet).
+    Chroot,
+    /// No sandbox: for unprivileged use, or inside a sandbox provided by someone else.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    /// Revalidate everything, no data cache in the guest.
+    Never,
+    /// Cache metadata for a long time, file data not at all.
+    Metadata,
+    /// Cache for 1 s; drop cached data when a file changes.
+    Auto,
+    /// Cache everything for a long time; only when nothing else modifies the share.
+    Always,
+}
+
+impl From<CacheArg> for CachePolicy {
+    fn from(c: CacheArg) -> Self {
+        match c {
+            CacheArg::Never => CachePolicy::Never,
+            CacheArg::Metadata => CachePolicy::Metadata,
+            CacheArg::Auto => CachePolicy::Auto,
+            CacheArg::Always => CachePolicy::Always,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NoatimeArg {
+    /// Pass O_NOATIME where the host allows it (files the daemon owns, or with CAP_FOWNER) and
+    /// drop it where it would fail with EPERM.
+    Auto,
+    /// Pass O_NOATIME through untouched; opens the host refuses fail with EPERM.
+    Preserve,
+    /// Drop O_NOATIME from every open (virtiofsd's default).
+    Strip,
+}
+
+impl From<NoatimeArg> for NoatimePolicy {
+    fn from(n: NoatimeArg) -> Self {
+        match n {
+            NoatimeArg::Auto => NoatimePolicy::Auto,
+            NoatimeArg::Preserve => NoatimePolicy::Preserve,
+            NoatimeArg::Strip => NoatimePolicy::Strip,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "vufsd",
+    version,
+    about = "vhost-user-fs daemon: serves a host directory to a QEMU guest over virtio-fs",
+    long_about = "vhost-user-fs daemon: serves a host directory to a QEMU guest over virtio-fs.\n\n\
+        QEMU connects to the socket with\n  \
+        -chardev socket,id=char0,path=SOCKET -device vhost-user-fs-pci,chardev=char0,tag=TAG\n\
+        (guest memory must be shared: -object memory-backend-memfd,id=mem,size=SIZE,share=on \
+        -numa node,memdev=mem) and the guest mounts it with `mount -t virtiofs TAG /mnt`.\n\
+        The daemon serves one connection and exits 0 when QEMU disconnects.",
+    args_override_self = true
+)]
+pub struct Opt {
+    /// Directory to share with the guest.
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: PathBuf,
+
+    /// vhost-user socket to create and listen on (a stale socket file is replaced; a socket a
+    /// live daemon listens on is refused).
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["fd", "socket"],
+        conflicts_with = "fd"
+    )]
+    pub socket_path: Option<PathBuf>,
+
+    /// Deprecated spelling of --socket-path.
+    #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["fd", "socket_path"])]
+    pub socket: Option<PathBuf>,
+
+    /// Use this already-listening (not yet connected) unix socket fd instead of --socket-path.
+    #[arg(long, value_name = "FD")]
+    pub fd: Option<RawFd>,
+
+    /// What the guest may cache: auto, always, metadata or never.
+    #[arg(long, value_enum, default_value = "auto", value_name = "POLICY")]
+    pub cache: CacheArg,
+
+    /// Enable the guest's writeback cache (better write performance; the guest batches writes).
+    #[arg(long)]
+    pub writeback: bool,
+
+    /// Refuse every modification with EROFS.
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Serve extended attributes.
+    #[arg(long, overrides_with = "no_xattr")]
+    pub xattr: bool,
+
+    /// Do not serve extended attributes (the default).
+    #[arg(long, overrides_with = "xattr")]
+    pub no_xattr: bool,
+
+    /// Disable READDIRPLUS (entries with attributes in one reply).
+    #[arg(long)]
+    pub no_readdirplus: bool,
+
+    /// Honour O_DIRECT from the guest (by default it is dropped, as in virtiofsd).
+    #[arg(long)]
+    pub allow_direct_io: bool,
+
+    /// O_NOATIME policy: auto (honour where the host allows, mask where it would fail with
+    /// EPERM), preserve (pass through, EPERM and all), strip (always drop).
+    #[arg(long, value_enum, default_value = "auto", value_name = "POLICY")]
+    pub noatime: NoatimeArg,
+
+    /// virtiofsd's spelling of --noatime=preserve.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub preserve_noatime: bool,
+
+    /// Threads serving requests besides the one per queue; 0 serves each queue on its own
+    /// thread only.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub thread_pool_size: usize,
+
+    /// Sandbox to run in. Only `none` is implemented so far.
+    #[arg(long, value_enum, default_value = "none", value_name = "MODE")]
+    pub sandbox: SandboxMode,
+
+    /// Log level: error, warn, info, debug, trace or off.
+    #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
+    pub log_level: LevelFilter,
+}
+
+fn parse_level(s: &str) -> Result<LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("invalid log level '{s}': use error, warn, info, debug, trace or off"))
+}
+
+impl Opt {
+    /// The socket path from --socket-path or its deprecated alias.
+    pub fn socket_path(&self) -> Option<&PathBuf> {
+        self.socket_path.as_ref().or(self.socket.as_ref())
+    }
+
+    pub fn noatime_policy(&self) -> NoatimePolicy {
+        if self.preserve_noatime {
+            NoatimePolicy::Preserve
+        } else {
+            self.noatime.into()
+        }
+    }
+
+    pub fn fs_config(&self) -> crate::fs::Config {
+        crate::fs::Config {
+            cache: self.cache.into(),
+            writeback: self.writeback,
+            xattr: self.xattr && !self.no_xattr,
+            readonly: self.readonly,
+            readdirplus: !self.no_readdirplus,
+            allow_direct_io: self.allow_direct_io,
+            noatime: self.noatime_policy(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Opt, clap::Error> {
+        Opt::try_parse_from(std::iter::once("vufsd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn virtiofsd_spelling_parses() {
+        let o = parse(&[
+            "--socket-path=/run/x.sock",
+            "--shared-dir=/srv",
+            "--cache=never",
+            "--xattr",
+            "--thread-pool-size=4",
+            "--sandbox=none",
+            "--log-level=debug",
+            "--preserve-noatime",
+        ])
+        .unwrap();
+        assert_eq!(o.cache, CacheArg::Never);
+        assert!(o.fs_config().xattr);
+        assert_eq!(o.noatime_policy(), NoatimePolicy::Preserve);
+        assert_eq!(o.log_level, LevelFilter::Debug);
+    }
+
+    #[test]
+    fn the_last_xattr_flag_wins() {
+        let o = parse(&["--socket-path=s", "--shared-dir=d", "--xattr", "--no-xattr"]).unwrap();
+        assert!(!o.fs_config().xattr);
+        let o = parse(&["--socket-path=s", "--shared-dir=d", "--no-xattr", "--xattr"]).unwrap();
+        assert!(o.fs_config().xattr);
+    }
+
+    #[test]
+    fn a_socket_is_required_and_exclusive() {
+        assert!(parse(&["--shared-dir=d"]).is_err());
+        assert!(parse(&["--shared-dir=d", "--socket-path=s", "--fd=3"]).is_err());
+        assert!(parse(&["--shared-dir=d", "--fd=3"]).is_ok());
+        assert_eq!(
+            parse(&["--shared-dir=d", "--socket=old"]).unwrap().socket_path(),
+            Some(&PathBuf::from("old"))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--socket-path=s", "--shared-dir=d", "--cache=sometimes"]).is_err());
+        assert!(parse(&["--socket-path=s", "--shared-dir=d", "--noatime=maybe"]).is_err());
+        assert!(parse(&["--socket-path=s", "--shared-dir=d", "--log-level=loud"]).is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! The daemon's life: check the inputs, get a listening socket, serve one frontend connection,
+//! and exit — 0 when the frontend disconnects, 1 with one clear line when something is wrong.
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use log::{error, info, warn};
+use vhost::vhost_user::{Error as VhostError, Listener};
+use vhost_user_backend::{Error as BackendError, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::cli::{Opt, SandboxMode};
+use crate::device::FsDevice;
+use crate::fs::Passthrough;
+use crate::protocol::Dispatcher;
+use crate::sys;
+
+/// Everything that stops the daemon with exit code 1. Each message names the cause and the fix.
+#[derive(Debug)]
+pub enum DaemonError {
+    SharedDirMissing(PathBuf),
+    SharedDirNotDir(PathBuf),
+    SharedDirAccess(PathBuf, io::Error),
+    SocketInUse(PathBuf),
+    SocketNotASocket(PathBuf),
+    SocketDirMissing(PathBuf),
+    SocketDirNotWritable(PathBuf, u32),
+    SocketBind(PathBuf, io::Error),
+    BadFd(i32, io::Error),
+    SandboxUnavailable(SandboxMode),
+    NoSharedMemory,
+    Setup(String, io::Error),
+    Frontend(String),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use DaemonError::*;
+        match self {
+            SharedDirMissing(p) => write!(
+                f,
+                "shared directory {} does not exist: create it or point --shared-dir at an existing directory",
+                p.display()
+            ),
+            SharedDirNotDir(p) => write!(
+                f,
+                "--shared-dir {} is not a directory: share a directory, not a file",
+                p.display()
+            ),
+            SharedDirAccess(p, e) => write!(
+                f,
+                "cannot open shared directory {}: {e}: run vufsd as a user who can read it",
+                p.display()
+            ),
+            SocketInUse(p) => write!(
+                f,
+                "socket {} is in use by a running daemon: stop that daemon or choose another --socket-path",
+                p.display()
+            ),
+            SocketNotASocket(p) => write!(
+                f,
+                "{} exists and is not a socket: remove it or choose another --socket-path",
+                p.display()
+            ),
+            SocketDirMissing(d) => write!(
+                f,
+                "cannot create the socket: directory {} does not exist: create it first",
+                d.display()
+            ),
+            SocketDirNotWritable(d, uid) => write!(
+                f,
+                "cannot create the socket: directory {} is not writable by uid {uid}: choose a --socket-path in a directory you can write",
+                d.display()
+            ),
+            SocketBind(p, e) => write!(
+                f,
+                "cannot listen on {}: {e}: choose another --socket-path",
+                p.display()
+            ),
+            BadFd(fd, e) => write!(
+                f,
+                "--fd {fd} is not a listening unix socket ({e}): pass the fd of a socket that is bound and listening"
+            ),
+            SandboxUnavailable(mode) => write!(
+                f,
+                "--sandbox={} is not implemented yet: use --sandbox=none (and run vufsd inside a sandbox of your own)",
+                format!("{mode:?}").to_lowercase()
+            ),
+            NoSharedMemory => write!(
+                f,
+                "the frontend gave no shareable guest memory: start QEMU with \
+                 `-object memory-backend-memfd,id=mem,size=<guest RAM>,share=on -numa node,memdev=mem` \
+                 (or `-machine memory-backend=mem`); vhost-user needs guest RAM in a shared memfd or file"
+            ),
+            Setup(what, e) => write!(f, "{what}: {e}"),
+            Frontend(msg) => write!(f, "{msg}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// Check --shared-dir before anything else, so a typo gets a clear message.
+fn check_shared_dir(dir: &Path) -> Result<(), DaemonError> {
+    match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(DaemonError::SharedDirNotDir(dir.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(DaemonError::SharedDirMissing(dir.to_owned()))
+        }
+        Err(e) => Err(DaemonError::SharedDirAccess(dir.to_owned(), e)),
+    }
+}
+
+/// Whether some process listens on the unix socket bound at `path` (in this network
+/// namespace). Read from /proc/net/unix rather than by connecting: a vhost-user daemon serves
+/// the first connection it accepts, so a probing connect would take a live daemon's one
+/// connection and make it exit.
+fn has_live_listener(path: &Path) -> bool {
+    const SO_ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let abs = absolute(path);
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let listening = cols
+            .get(3)
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+            .is_some_and(|flags| flags & SO_ACCEPTCON != 0);
+        listening
+            && cols
+                .get(7)
+                .is_some_and(|p| Path::new(p) == path || Some(Path::new(p)) == abs.as_deref())
+    })
+}
+
+/// `path` made absolute through its (canonicalised) parent, without resolving the socket itself.
+fn absolute(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(parent.canonicalize().ok()?.join(name))
+}
+
+fn socket_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Create the listening socket at `path`, replacing a stale socket file but never a live one.
+fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if has_live_listener(path) {
+                return Err(DaemonError::SocketInUse(path.to_owned()));
+            }
+            info!("replacing stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(|e| map_bind_error(path, e))?;
+        }
+        Ok(_) => return Err(DaemonError::SocketNotASocket(path.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(map_bind_error(path, e)),
+    }
+    UnixListener::bind(path).map_err(|e| map_bind_error(path, e))
+}
+
+fn map_bind_error(path: &Path, e: io::Error) -> DaemonError {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            DaemonError::SocketDirNotWritable(socket_dir(path), sys::geteuid())
+        }
+        Some(libc::ENOENT) => DaemonError::SocketDirMissing(socket_dir(path)),
+        Some(libc::EADDRINUSE) => DaemonError::SocketInUse(path.to_owned()),
+        _ => DaemonError::SocketBind(path.to_owned(), e),
+    }
+}
+
+/// The listening socket from --fd or --socket-path; the path is returned when we created it,
+/// so it can be removed at exit.
+fn listener(opt: &Opt) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+    if let Some(fd) = opt.fd {
+        let l = sys::take_listening_socket(fd).map_err(|e| DaemonError::BadFd(fd, e))?;
+        return Ok((l, None));
+    }
+    let path = opt
+        .socket_path()
+        .ok_or_else(|| DaemonError::Frontend("no --socket-path or --fd given".into()))?;
+    Ok((bind_socket(path)?, Some(path.clone())))
+}
+
+const EXIT_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Handle SIGTERM/SIGINT/SIGHUP on a thread of their own: log, clean up, exit 0.
+fn spawn_signal_thread(
+    fs: Arc<Passthrough>,
+    socket: Option<PathBuf>,
+) -> Result<(), DaemonError> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = sys::wait_signal(&EXIT_SIGNALS) {
+                info!("received signal {sig}, exiting");
+                log_summary(&fs);
+                if let Some(p) = &socket {
+                    let _ = std::fs::remove_file(p);
+                }
+                std::process::exit(0);
+            }
+        })
+        .map(drop)
+        .map_err(|e| DaemonError::Setup("cannot start the signal thread".into(), e))
+}
+
+fn log_summary(fs: &Passthrough) {
+    let (honoured, masked, retried) = fs.noatime_counters();
+    let (inodes, handles) = fs.table_sizes();
+    info!(
+        "O_NOATIME opens: {honoured} honoured, {masked} masked, {retried} retried; \
+         {inodes} inodes and {handles} handles still held"
+    );
+}
+
+/// Run the daemon to completion.
+pub fn run(opt: &Opt) -> Result<(), DaemonError> {
+    // Before any thread exists, so that every thread inherits the mask.
+    sys::block_signals(&EXIT_SIGNALS)
+        .map_err(|e| DaemonError::Setup("cannot block signals".into(), e))?;
+
+    if opt.sandbox != SandboxMode::None {
+        return Err(DaemonError::SandboxUnavailable(opt.sandbox));
+    }
+    check_shared_dir(&opt.shared_dir)?;
+    let (unix_listener, created) = listener(opt)?;
+
+    let fs = Arc::new(
+        Passthrough::new(&opt.shared_dir, opt.fs_config())
+            .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
+    );
+    spawn_signal_thread(fs.clone(), created.clone())?;
+
+    let device = Arc::new(
+        FsDevice::new(Dispatcher::new(fs.clone()), opt.thread_pool_size)
+            .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
+    );
+    let mut daemon = VhostUserDaemon::new(
+        "vufsd".to_string(),
+        device.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| DaemonError::Setup("cannot create the vhost-user daemon".into(), io::Error::other(e.to_string())))?;
+
+    match &created {
+        Some(p) => info!("listening on {}", p.display()),
+        None => info!("listening on the inherited socket"),
+    }
+    let mut listener = Listener::from(unix_listener);
+    let started = daemon.start(&mut listener);
+    // One connection is all we serve: the socket file has done its job.
+    if let Some(p) = &created {
+        let _ = std::fs::remove_file(p);
+    }
+    started.map_err(|e| DaemonError::Frontend(format!("cannot accept the frontend: {e}")))?;
+    info!("frontend connected");
+
+    let result = daemon.wait();
+    log_summary(&fs);
+    match result {
+        Ok(()) => Ok(()),
+        Err(BackendError::HandleRequest(
+            VhostError::Disconnected | VhostError::PartialMessage | VhostError::SocketBroken(_),
+        )) => {
+            info!("frontend disconnected, exiting");
+            Ok(())
+        }
+        Err(e) if !device.memory_mapped() => {
+            warn!("vhost-user handshake failed: {e}");
+            Err(DaemonError::NoSharedMemory)
+        }
+        Err(e) => {
+            error!("vhost-user connection failed: {e}");
+            Err(DaemonError::Frontend(format!(
+                "the vhost-user connection failed: {e}"
+            )))
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The vhost-user-fs device: virtqueues in, FUSE requests out.
+//!
+//! Queue 0 is the high-priority queue (FORGET/INTERRUPT), queues 1..=N carry requests. Each
+//! queue has its own worker thread (vhost-user-backend's epoll loop), so several request queues
+//! are served in parallel. With `--thread-pool-size N` a queue's requests are additionally spread
+//! over a pool of N threads, so that one slow request does not hold up the ones behind it.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use log::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringMutex, VringState, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueOwnedT;
+use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::pool::ThreadPool;
+use crate::protocol::Dispatcher;
+
+pub type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+type Vring = VringMutex<Memory>;
+
+/// Request queues offered to the frontend (QEMU's `num-request-queues` may be 1..=this).
+pub const MAX_REQUEST_QUEUES: usize = 16;
+/// Largest ring the frontend may configure.
+const MAX_QUEUE_SIZE: usize = 32768;
+
+pub struct FsDevice {
+    dispatcher: Arc<Dispatcher>,
+    mem: RwLock<Option<Memory>>,
+    event_idx: AtomicBool,
+    pool: Option<ThreadPool>,
+    /// Largest number of guest memory regions ever mapped: zero after a failed handshake
+    /// means the frontend had no shareable memory to give us.
+    regions_seen: AtomicUsize,
+}
+
+impl FsDevice {
+    pub fn new(dispatcher: Dispatcher, thread_pool_size: usize) -> io::Result<Self> {
+        let pool = match thread_pool_size {
+            0 => None,
+            n => Some(ThreadPool::new(n)?),
+        };
+        Ok(Self {
+            dispatcher: Arc::new(dispatcher),
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            pool,
+            regions_seen: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Whether the frontend ever gave us guest memory we could map.
+    pub fn memory_mapped(&self) -> bool {
+        self.regions_seen.load(Ordering::Relaxed) > 0
+    }
+
+    fn memory(&self) -> io::Result<Memory> {
+        self.mem
+            .read()
+            .ok()
+            .and_then(|m| m.clone())
+            .ok_or_else(|| io::Error::other("a queue was kicked before guest memory was set"))
+    }
+
+    /// Return a finished chain to the guest and notify it if it wants to be notified.
+    fn complete(state: &mut VringState<Memory>, head: u16, len: u32, event_idx: bool) {
+        if let Err(e) = state.add_used(head, len) {
+            warn!("cannot return a descriptor to the used ring: {e}");
+            return;
+        }
+        let notify = if event_idx {
+            state.needs_notification().unwrap_or(true)
+        } else {
+            true
+        };
+        if notify {
+            if let Err(e) = state.signal_used_queue() {
+                warn!("cannot notify the guest: {e}");
+            }
+        }
+    }
+
+    /// Serve every available chain of `vring`; returns whether there were any.
+    fn process_queue(&self, vring: &Vring) -> io::Result<bool> {
+        let atomic = self.memory()?;
+        let mem = atomic.memory();
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let chains: Vec<_> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(|e| io::Error::other(format!("cannot read the avail ring: {e}")))?
+            .collect();
+        let any = !chains.is_empty();
+        for chain in chains {
+            let head = chain.head_index();
+            match &self.pool {
+                None => {
+                    let len = self.dispatcher.handle_chain(&*mem, chain);
+                    Self::complete(&mut vring.get_mut(), head, len, event_idx);
+                }
+                Some(pool) => {
+                    let dispatcher = self.dispatcher.clone();
+                    let atomic = atomic.clone();
+                    let vring = vring.clone();
+                    pool.execute(move || {
+                        let mem = atomic.memory();
+                        let chain = chain;
+                        let len = dispatcher.handle_chain(&*mem, chain);
+                        Self::complete(&mut vring.get_mut(), head, len, event_idx);
+                    });
+                }
+            }
+        }
+        Ok(any)
+    }
+}
+
+impl VhostUserBackend for FsDevice {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        1 + MAX_REQUEST_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        let regions = mem.memory().num_regions();
+        self.regions_seen.fetch_max(regions, Ordering::Relaxed);
+        debug!("guest memory updated: {regions} region(s)");
+        if let Ok(mut slot) = self.mem.write() {
+            *slot = Some(mem);
+        }
+        Ok(())
+    }
+
+    /// One worker thread per queue: bit i of entry i.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!(
+                "unexpected event set {evset:?} on queue event {device_event}"
+            )));
+        }
+        // With one queue per thread, the event index is the index into this thread's vrings.
+        let vring = vrings
+            .get(usize::from(device_event))
+            .ok_or_else(|| io::Error::other(format!("unknown queue event {device_event}")))?;
+        if self.event_idx.load(Ordering::Relaxed) {
+            // Keep going until the guest added nothing while we worked with notifications off.
+            loop {
+                vring
+                    .disable_notification()
+                    .map_err(|e| io::Error::other(format!("{e}")))?;
+                self.process_queue(vring)?;
+                let more = vring
+                    .enable_notification()
+                    .map_err(|e| io::Error::other(format!("{e}")))?;
+                if !more {
+                    break;
+                }
+            }
+        } else {
+            self.process_queue(vring)?;
+        }
+        Ok(())
+    }
+}

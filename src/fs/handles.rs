@@ -1,0 +1,90 @@
+//! Open files and directories, keyed by the FUSE file handle we return from open/opendir.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// One open host file or directory.
+#[derive(Debug)]
+pub struct HandleData {
+    /// The node id this handle was opened on; requests naming another node are refused.
+    pub inode: u64,
+    file: OwnedFd,
+    /// Serialises seek+getdents on directory handles (and is unused for files).
+    pub dir_lock: Mutex<()>,
+    /// Whether O_NOATIME is currently set on the host fd.
+    pub noatime_on: AtomicBool,
+    /// Whether the O_NOATIME policy allowed it on this handle at open. A masked handle stays
+    /// masked: later flag changes from the guest never re-add it.
+    pub noatime_allowed: bool,
+}
+
+impl HandleData {
+    pub fn new(inode: u64, file: OwnedFd, noatime_on: bool, noatime_allowed: bool) -> Self {
+        Self {
+            inode,
+            file,
+            dir_lock: Mutex::new(()),
+            noatime_on: AtomicBool::new(noatime_on),
+            noatime_allowed,
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+pub struct HandleStore {
+    map: RwLock<HashMap<u64, Arc<HandleData>>>,
+    next: AtomicU64,
+}
+
+fn ebadf() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
+impl Default for HandleStore {
+    fn default() -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            // 0 means "no handle" in FUSE replies.
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl HandleStore {
+    pub fn insert(&self, data: HandleData) -> io::Result<u64> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map
+            .write()
+            .map_err(|_| ebadf())?
+            .insert(id, Arc::new(data));
+        Ok(id)
+    }
+
+    /// The handle `id`, which must belong to node `inode`.
+    pub fn get(&self, id: u64, inode: u64) -> io::Result<Arc<HandleData>> {
+        let map = self.map.read().map_err(|_| ebadf())?;
+        match map.get(&id) {
+            Some(h) if h.inode == inode => Ok(h.clone()),
+            _ => Err(ebadf()),
+        }
+    }
+
+    pub fn remove(&self, id: u64, inode: u64) -> io::Result<Arc<HandleData>> {
+        let mut map = self.map.write().map_err(|_| ebadf())?;
+        match map.get(&id) {
+            Some(h) if h.inode == inode => map.remove(&id).ok_or_else(ebadf),
+            _ => Err(ebadf()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+}

@@ -1,0 +1,947 @@
+//! The passthrough filesystem: FUSE operations served from a host directory.
+//!
+//! Every host syscall is made relative to an fd we hold (`*at` calls on O_PATH fds, or
+//! `/proc/self/fd/N` reopens), never through an absolute host path, and never following a
+//! symlink on the host: a guest can only name inodes it reached by lookups from the root, one
+//! component at a time.
+
+mod attr;
+mod creds;
+mod dir;
+mod handles;
+pub mod inodes;
+pub mod open_flags;
+mod xattr;
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, SetattrValid,
+    ZeroCopyReader, ZeroCopyWriter,
+};
+use log::{debug, info};
+
+use crate::sys::{self, Stat};
+use creds::AsCaller;
+use handles::{HandleData, HandleStore};
+use inodes::{InodeData, InodeStore, ROOT_ID};
+use open_flags::{DaemonCreds, NoatimeCounters, NoatimePolicy, OpenRules};
+
+pub use open_flags::Noatime;
+
+/// How much the guest may cache, virtiofsd's `--cache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CachePolicy {
+    /// No caching: attributes and entries revalidated every time, file I/O direct.
+    Never,
+    /// Metadata cached for a long time, file data not cached.
+    Metadata,
+    /// Short (1 s) attribute/entry timeouts; data cache invalidated on change.
+    #[default]
+    Auto,
+    /// Everything cached for a long time: only for a share nothing else modifies.
+    Always,
+}
+
+impl CachePolicy {
+    fn timeout(self) -> Duration {
+        match self {
+            Self::Never => Duration::ZERO,
+            Self::Auto => Duration::from_secs(1),
+            Self::Metadata | Self::Always => Duration::from_secs(86400),
+        }
+    }
+}
+
+impl std::str::FromStr for CachePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never" | "none" => Ok(Self::Never),
+            "metadata" => Ok(Self::Metadata),
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            other => Err(format!(
+                "invalid cache policy '{other}': use auto, always, metadata or never"
+            )),
+        }
+    }
+}
+
+/// Everything the filesystem needs to know from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cache: CachePolicy,
+    pub writeback: bool,
+    pub xattr: bool,
+    pub readonly: bool,
+    pub readdirplus: bool,
+    pub allow_direct_io: bool,
+    pub noatime: NoatimePolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cache: CachePolicy::Auto,
+            writeback: false,
+            xattr: false,
+            readonly: false,
+            readdirplus: true,
+            allow_direct_io: false,
+            noatime: NoatimePolicy::Auto,
+        }
+    }
+}
+
+pub struct Passthrough {
+    cfg: Config,
+    inodes: InodeStore,
+    handles: HandleStore,
+    /// `/proc/self/fd`, opened once: reopening an O_PATH fd through it gives a real fd for the
+    /// same inode without resolving any path inside the share.
+    proc_self_fd: OwnedFd,
+    creds: DaemonCreds,
+    /// Root can act as the guest caller for creations; an unprivileged daemon cannot.
+    can_switch_creds: bool,
+    /// Set by FUSE_INIT when the guest accepted the writeback cache.
+    writeback: AtomicBool,
+    counters: NoatimeCounters,
+}
+
+fn err(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+/// Names from the guest are single path components: a '/' would let `*at` calls walk.
+fn check_name(name: &CStr) -> io::Result<()> {
+    let bytes = name.to_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') {
+        return Err(err(libc::EINVAL));
+    }
+    if bytes.len() > 255 {
+        return Err(err(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+impl Passthrough {
+    /// Open `shared_dir` as the root of the share.
+    pub fn new(shared_dir: &std::path::Path, cfg: Config) -> io::Result<Self> {
+        let path = CString::new(shared_dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| err(libc::EINVAL))?;
+        let cwd = sys::openat(
+            // AT_FDCWD is not an fd we own; open "." to have one.
+            std::fs::File::open(".")?.as_fd(),
+            &path,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let root_st = sys::stat_fd(cwd.as_fd())?;
+        let proc_dir = std::fs::File::open("/proc")?;
+        let proc_self_fd = sys::openat(
+            proc_dir.as_fd(),
+            c"self/fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let euid = sys::geteuid();
+        let caps = sys::effective_caps().unwrap_or(0);
+        let creds = DaemonCreds {
+            fsuid: euid,
+            cap_fowner: caps & (1 << sys::CAP_FOWNER) != 0,
+        };
+        // The guest kernel already applied the caller's umask; ours must not apply twice.
+        sys::umask(0);
+        info!(
+            "serving {} (uid {euid}, CAP_FOWNER {}, O_NOATIME policy {})",
+            shared_dir.display(),
+            if creds.cap_fowner { "yes" } else { "no" },
+            cfg.noatime
+        );
+        Ok(Self {
+            cfg,
+            inodes: InodeStore::new(cwd, &root_st),
+            handles: HandleStore::default(),
+            proc_self_fd,
+            creds,
+            can_switch_creds: euid == 0,
+            writeback: AtomicBool::new(false),
+            counters: NoatimeCounters::default(),
+        })
+    }
+
+    /// O_NOATIME decisions so far: (honoured, masked, retried).
+    pub fn noatime_counters(&self) -> (u64, u64, u64) {
+        self.counters.snapshot()
+    }
+
+    /// Inodes and handles currently held, for diagnostics.
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (self.inodes.len(), self.handles.len())
+    }
+
+    fn open_rules(&self) -> OpenRules {
+        OpenRules {
+            writeback: self.writeback.load(Ordering::Relaxed),
+            allow_direct_io: self.cfg.allow_direct_io,
+        }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.cfg.readonly {
+            Err(err(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn as_caller(&self, ctx: &Context) -> AsCaller {
+        AsCaller::new(self.can_switch_creds, ctx.uid, ctx.gid)
+    }
+
+    /// A real fd for the inode behind an O_PATH fd, opened with `flags`.
+    fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+        let name = sys::fd_name(fd.as_raw_fd());
+        sys::openat(
+            self.proc_self_fd.as_fd(),
+            &name,
+            flags & !libc::O_NOFOLLOW,
+            0,
+        )
+    }
+
+    fn entry(&self, inode: &InodeData, st: Stat) -> Entry {
+        let timeout = self.cfg.cache.timeout();
+        Entry {
+            inode: inode.id,
+            generation: 0,
+            attr: st,
+            attr_flags: 0,
+            attr_timeout: timeout,
+            entry_timeout: timeout,
+        }
+    }
+
+    fn dir_inode(&self, id: u64) -> io::Result<Arc<InodeData>> {
+        let inode = self.inodes.get(id)?;
+        if !inode.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        Ok(inode)
+    }
+
+    /// Look `name` up in `parent` and count a reference to it.
+    fn do_lookup(&self, parent: &InodeData, name: &CStr) -> io::Result<(Arc<InodeData>, Stat)> {
+        // ".." of the root is the root: the guest must not climb out of the share.
+        let name = if parent.id == ROOT_ID && name.to_bytes() == b".." {
+            c"."
+        } else {
+            name
+        };
+        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        let inode = self.inodes.add_ref(fd, &st)?;
+        Ok((inode, st))
+    }
+
+    /// Entry for an inode just created in `parent` under `name`.
+    fn created_entry(&self, parent: &InodeData, name: &CStr) -> io::Result<Entry> {
+        let (inode, st) = self.do_lookup(parent, name)?;
+        Ok(self.entry(&inode, st))
+    }
+
+    /// Open an existing regular file for the guest, applying the O_NOATIME policy.
+    fn open_file(&self, inode: &InodeData, guest_flags: u32) -> io::Result<HandleData> {
+        if !inode.is_reg() {
+            // Device nodes, fifos and sockets are opened by the guest kernel itself; a request
+            // to open one here can only come from a misbehaving guest, and opening a device node
+            // on the host would reach a host device.
+            return Err(err(if inode.is_dir() {
+                libc::EISDIR
+            } else if inode.is_symlink() {
+                libc::ELOOP
+            } else {
+                libc::ENXIO
+            }));
+        }
+        let mut flags = open_flags::file_open_flags(guest_flags, self.open_rules());
+        if self.cfg.readonly && open_flags::writes(flags) {
+            return Err(err(libc::EROFS));
+        }
+        // Would the policy pass O_NOATIME for this inode? Decides this open, and whether a
+        // later F_SETFL from the guest may set it on the handle.
+        let allowed = open_flags::decide_noatime(
+            self.cfg.noatime,
+            self.creds,
+            libc::O_NOATIME,
+            inode.owner(),
+        ) == Noatime::Honoured;
+        let mut decision = match flags & libc::O_NOATIME {
+            0 => Noatime::NotRequested,
+            _ if allowed => Noatime::Honoured,
+            _ => Noatime::Masked,
+        };
+        if decision == Noatime::Masked {
+            flags &= !libc::O_NOATIME;
+        }
+        let fd = match self.reopen(inode.fd(), flags) {
+            Err(e) if open_flags::retry_without_noatime(self.cfg.noatime, flags, &e) => {
+                flags &= !libc::O_NOATIME;
+                decision = Noatime::Retried;
+                self.reopen(inode.fd(), flags)?
+            }
+            other => other?,
+        };
+        self.counters.record(decision);
+        if decision != Noatime::NotRequested {
+            debug!("open node {}: O_NOATIME {decision:?}", inode.id);
+        }
+        let on = flags & libc::O_NOATIME != 0;
+        Ok(HandleData::new(
+            inode.id,
+            fd,
+            on,
+            allowed && decision != Noatime::Retried,
+        ))
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        match self.cfg.cache {
+            CachePolicy::Never | CachePolicy::Metadata => OpenOptions::DIRECT_IO,
+            CachePolicy::Always => OpenOptions::KEEP_CACHE,
+            CachePolicy::Auto => OpenOptions::empty(),
+        }
+    }
+
+    /// Follow a guest-side flag change of O_NOATIME on an open handle (FUSE read/write carry
+    /// the file's current flags). Only a handle the policy allowed may gain the flag back.
+    fn follow_noatime(&self, h: &HandleData, guest_flags: u32) {
+        let want = guest_flags as i32 & libc::O_NOATIME != 0 && h.noatime_allowed;
+        if want == h.noatime_on.load(Ordering::Relaxed) {
+            return;
+        }
+        let result = sys::get_fl(h.fd()).and_then(|fl| {
+            let fl = if want {
+                fl | libc::O_NOATIME
+            } else {
+                fl & !libc::O_NOATIME
+            };
+            sys::set_fl(h.fd(), fl)
+        });
+        match result {
+            Ok(()) => h.noatime_on.store(want, Ordering::Relaxed),
+            // Not fatal: the flag only affects atime, and the read itself must not fail for it.
+            Err(e) => debug!("node {}: could not change O_NOATIME: {e}", h.inode),
+        }
+    }
+
+    fn stat_inode(&self, inode: &InodeData, handle: Option<u64>) -> io::Result<Stat> {
+        let st = match handle {
+            Some(fh) => {
+                let h = self.handles.get(fh, inode.id)?;
+                sys::stat_fd(h.fd())?
+            }
+            None => sys::stat_fd(inode.fd())?,
+        };
+        inode.note_owner(st.st_uid);
+        Ok(st)
+    }
+
+    fn do_readdir(
+        &self,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        mut add: impl FnMut(&dir::RawDirEntry<'_>) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if size == 0 {
+            return Ok(());
+        }
+        let h = self.handles.get(handle, inode)?;
+        let _serial = h.dir_lock.lock().map_err(|_| err(libc::EBADF))?;
+        let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
+        sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
+        // Enough for the reply in one getdents64 call in the usual case.
+        let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
+        loop {
+            let n = sys::getdents64(h.fd(), &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for e in dir::entries(&buf[..n]) {
+                if add(&e)? == 0 {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    // --- operations fuse-backend-rs 0.14's Server does not decode; see crate::protocol ---
+
+    /// FUSE_COPY_FILE_RANGE.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        inode_in: u64,
+        fh_in: u64,
+        off_in: u64,
+        inode_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u64,
+    ) -> io::Result<usize> {
+        self.check_writable()?;
+        if flags != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        let hin = self.handles.get(fh_in, inode_in)?;
+        let hout = self.handles.get(fh_out, inode_out)?;
+        // The reply carries a u32 byte count.
+        let len = len.min(u64::from(u32::MAX) & !0xfff) as usize;
+        sys::copy_file_range(hin.fd(), off_in, hout.fd(), off_out, len, 0)
+    }
+
+    /// FUSE_SYNCFS.
+    pub fn syncfs(&self, inode: u64) -> io::Result<()> {
+        let inode = self.inodes.get(inode)?;
+        let f = self.reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::syncfs(f.as_fd())
+    }
+}
+
+impl FileSystem for Passthrough {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut want = FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::ATOMIC_O_TRUNC
+            | FsOptions::AUTO_INVAL_DATA;
+        if self.cfg.readdirplus {
+            want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
+        }
+        if self.cfg.writeback && !self.cfg.readonly {
+            want |= FsOptions::WRITEBACK_CACHE;
+        }
+        // Never PERFILE_DAX: there is no DAX window.
+        let enabled = capable & want;
+        self.writeback.store(
+            enabled.contains(FsOptions::WRITEBACK_CACHE),
+            Ordering::Relaxed,
+        );
+        info!("guest connected; FUSE options {enabled:?}");
+        Ok(want)
+    }
+
+    fn destroy(&self) {
+        info!("guest unmounted the share (FUSE_DESTROY)");
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        check_name(name)?;
+        let parent = self.dir_inode(parent)?;
+        let (inode, st) = self.do_lookup(&parent, name)?;
+        Ok(self.entry(&inode, st))
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.inodes.forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        for (inode, count) in requests {
+            self.inodes.forget(inode, count);
+        }
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let inode = self.inodes.get(inode)?;
+        let st = self.stat_inode(&inode, handle)?;
+        Ok((st, self.cfg.cache.timeout()))
+    }
+
+    fn setattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.check_writable()?;
+        let inode = self.inodes.get(inode)?;
+        let h = match handle {
+            Some(fh) => Some(self.handles.get(fh, inode.id)?),
+            None => None,
+        };
+        self.apply_setattr(&inode, h.as_deref(), &attr, valid)?;
+        let st = self.stat_inode(&inode, None)?;
+        Ok((st, self.cfg.cache.timeout()))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let inode = self.inodes.get(inode)?;
+        if !inode.is_symlink() {
+            return Err(err(libc::EINVAL));
+        }
+        sys::readlinkat(inode.fd(), sys::EMPTY)
+    }
+
+    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
+        check_name(name)?;
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        {
+            let _as = self.as_caller(ctx);
+            sys::symlinkat(linkname, parent.fd(), name)?;
+        }
+        self.created_entry(&parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        check_name(name)?;
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        {
+            let _as = self.as_caller(ctx);
+            sys::mknodat(parent.fd(), name, mode, u64::from(rdev))?;
+        }
+        self.created_entry(&parent, name)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        check_name(name)?;
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        {
+            let _as = self.as_caller(ctx);
+            sys::mkdirat(parent.fd(), name, mode & 0o7777)?;
+        }
+        self.created_entry(&parent, name)
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        check_name(name)?;
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        sys::unlinkat(parent.fd(), name, 0)
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        check_name(name)?;
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        sys::unlinkat(parent.fd(), name, libc::AT_REMOVEDIR)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        check_name(oldname)?;
+        check_name(newname)?;
+        self.check_writable()?;
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+        if flags & !known != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        let old = self.dir_inode(olddir)?;
+        let new = self.dir_inode(newdir)?;
+        sys::renameat2(old.fd(), oldname, new.fd(), newname, flags)
+    }
+
+    fn link(&self, _ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        check_name(newname)?;
+        self.check_writable()?;
+        let inode = self.inodes.get(inode)?;
+        let parent = self.dir_inode(newparent)?;
+        // linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; following the /proc magic
+        // link names the same inode and works for an unprivileged daemon too.
+        let src = sys::fd_name(inode.fd().as_raw_fd());
+        sys::linkat(
+            self.proc_self_fd.as_fd(),
+            &src,
+            parent.fd(),
+            newname,
+            libc::AT_SYMLINK_FOLLOW,
+        )?;
+        let st = sys::stat_fd(inode.fd())?;
+        self.inodes.add_ref_existing(&inode);
+        Ok(self.entry(&inode, st))
+    }
+
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let inode = self.inodes.get(inode)?;
+        let handle = self.open_file(&inode, flags)?;
+        let fh = self.handles.insert(handle)?;
+        Ok((Some(fh), self.open_options(), None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        check_name(name)?;
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        let mut flags = open_flags::file_open_flags(args.flags, self.open_rules())
+            | libc::O_CREAT
+            | (args.flags as i32 & libc::O_EXCL);
+        // The owner of an existing file is unknown until it is open, so `auto` tries the flag
+        // (a file we create is ours) and falls back on EPERM; `strip` removes it up front.
+        if self.cfg.noatime == NoatimePolicy::Strip {
+            flags &= !libc::O_NOATIME;
+        }
+        let create = |flags: i32| {
+            let _as = self.as_caller(ctx);
+            sys::openat(parent.fd(), name, flags, args.mode & 0o7777)
+        };
+        let fd = match create(flags) {
+            Err(e) if open_flags::retry_without_noatime(self.cfg.noatime, flags, &e) => {
+                flags &= !libc::O_NOATIME;
+                self.counters.record(Noatime::Retried);
+                create(flags)?
+            }
+            other => other?,
+        };
+        if flags & libc::O_NOATIME != 0 {
+            self.counters.record(Noatime::Honoured);
+        } else if args.flags as i32 & libc::O_NOATIME != 0
+            && self.cfg.noatime == NoatimePolicy::Strip
+        {
+            self.counters.record(Noatime::Masked);
+        }
+        // An O_PATH fd for the inode table, taken from the open file itself so that a rename
+        // racing with us cannot swap in another inode.
+        let path_fd = self.reopen(fd.as_fd(), libc::O_PATH)?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(err(libc::EISDIR));
+        }
+        let inode = self.inodes.add_ref(path_fd, &st)?;
+        let on = flags & libc::O_NOATIME != 0;
+        let fh = self.handles.insert(HandleData::new(inode.id, fd, on, on))?;
+        Ok((self.entry(&inode, st), Some(fh), self.open_options(), None))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        let h = self.handles.get(handle, inode)?;
+        self.follow_noatime(&h, flags);
+        let mut io = sys::HostIo(h.fd());
+        let size = size as usize;
+        let mut done = 0usize;
+        while done < size {
+            let off = offset.checked_add(done as u64).ok_or(err(libc::EINVAL))?;
+            match w.write_from(&mut io, size - done, off) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if done > 0 => {
+                    debug!("short read on node {inode}: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.check_writable()?;
+        let h = self.handles.get(handle, inode)?;
+        self.follow_noatime(&h, flags);
+        let mut io = sys::HostIo(h.fd());
+        let size = size as usize;
+        let mut done = 0usize;
+        while done < size {
+            let off = offset.checked_add(done as u64).ok_or(err(libc::EINVAL))?;
+            match r.read_to(&mut io, size - done, off) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if done > 0 => {
+                    debug!("short write on node {inode}: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
+        // Nothing is buffered in the daemon; only check the handle is real.
+        self.handles.get(handle, inode).map(drop)
+    }
+
+    fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let h = self.handles.get(handle, inode)?;
+        sys::fsync(h.fd(), datasync)
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        let h = self.handles.get(handle, inode)?;
+        sys::fallocate(h.fd(), mode as i32, offset, length)
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.handles.remove(handle, inode).map(drop)
+    }
+
+    fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let inode = self.inodes.get(inode)?;
+        sys::fstatvfs(inode.fd())
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.xattr_enabled()?;
+        self.check_writable()?;
+        let inode = self.inodes.get(inode)?;
+        xattr::set(inode.fd(), name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.xattr_enabled()?;
+        let inode = self.inodes.get(inode)?;
+        xattr::get(inode.fd(), name, size)
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.xattr_enabled()?;
+        let inode = self.inodes.get(inode)?;
+        xattr::list(inode.fd(), size)
+    }
+
+    fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.xattr_enabled()?;
+        self.check_writable()?;
+        let inode = self.inodes.get(inode)?;
+        xattr::remove(inode.fd(), name)
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let inode = self.dir_inode(inode)?;
+        let fd = self.reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fh = self
+            .handles
+            .insert(HandleData::new(inode.id, fd, false, false))?;
+        let opts = if self.cfg.cache == CachePolicy::Always {
+            OpenOptions::CACHE_DIR
+        } else {
+            OpenOptions::empty()
+        };
+        Ok((Some(fh), opts))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.do_readdir(inode, handle, size, offset, |e| {
+            add_entry(DirEntry {
+                ino: e.ino,
+                offset: e.next_off,
+                type_: u32::from(e.d_type),
+                name: e.name,
+            })
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let dir = self.dir_inode(inode)?;
+        self.do_readdir(inode, handle, size, offset, |e| {
+            let dirent = DirEntry {
+                ino: e.ino,
+                offset: e.next_off,
+                type_: u32::from(e.d_type),
+                name: e.name,
+            };
+            if e.name == b"." || e.name == b".." {
+                // Node id 0: the guest gets the name but no entry to cache.
+                let mut entry = Entry::default();
+                entry.attr.st_ino = e.ino;
+                entry.attr.st_mode = u32::from(e.d_type) << 12;
+                return add_entry(dirent, entry);
+            }
+            let Ok(name) = CString::new(e.name) else {
+                return Ok(1); // cannot happen: getdents names have no NUL; skip it
+            };
+            let (child, st) = match self.do_lookup(&dir, &name) {
+                Ok(found) => found,
+                // Removed since getdents saw it: leave it out.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
+                Err(e) => return Err(e),
+            };
+            let added = add_entry(dirent, self.entry(&child, st))?;
+            if added == 0 {
+                // The reply is full: the guest will not learn of this lookup, so undo it.
+                self.inodes.forget(child.id, 1);
+            }
+            Ok(added)
+        })
+    }
+
+    fn fsyncdir(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let h = self.handles.get(handle, inode)?;
+        sys::fsync(h.fd(), datasync)
+    }
+
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.handles.remove(handle, inode).map(drop)
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        let inode = self.inodes.get(inode)?;
+        let st = self.stat_inode(&inode, None)?;
+        if mask & libc::W_OK as u32 != 0 && self.cfg.readonly {
+            return Err(err(libc::EROFS));
+        }
+        attr::check_access(&st, ctx.uid, ctx.gid, mask)
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let h = self.handles.get(handle, inode)?;
+        let whence = whence as i32;
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(err(libc::EINVAL));
+        }
+        let offset = i64::try_from(offset).map_err(|_| err(libc::ENXIO))?;
+        sys::lseek(h.fd(), offset, whence)
+    }
+}
+
+impl Passthrough {
+    fn xattr_enabled(&self) -> io::Result<()> {
+        if self.cfg.xattr {
+            Ok(())
+        } else {
+            // ENOSYS makes the guest stop asking.
+            Err(err(libc::ENOSYS))
+        }
+    }
+}

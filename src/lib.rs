@@ -1,0 +1,14 @@
+//! vufsd: a vhost-user-fs daemon.
+//!
+//! A request flows guest kernel → virtqueue → [`device`] (vhost-user backend) → [`protocol`]
+//! (one descriptor chain, one FUSE request) → [`fs`] (the passthrough filesystem) → host
+//! syscalls in [`sys`]. [`daemon`] owns the process's life and [`cli`] its options.
+
+pub mod cli;
+pub mod daemon;
+pub mod device;
+pub mod fs;
+pub mod logger;
+mod pool;
+pub mod protocol;
+pub mod sys;
