@@ -178,7 +178,9 @@ fn map_bind_error(path: &Path, e: io::Error) -> DaemonError {
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
             DaemonError::SocketDirNotWritable(socket_dir(path), sys::geteuid())
         }
-        Some(libc::ENOENT) => DaemonError::SocketDirMissing(socket_dir(path)),
+        Some(libc::ENOENT) if !socket_dir(path).is_dir() => {
+            DaemonError::SocketDirMissing(socket_dir(path))
+        }
         Some(libc::EADDRINUSE) => DaemonError::SocketInUse(path.to_owned()),
         _ => DaemonError::SocketBind(path.to_owned(), e),
     }

@@ -17,6 +17,7 @@ use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RIN
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use crate::pool::ThreadPool;
 use crate::protocol::Dispatcher;
@@ -162,6 +163,18 @@ impl VhostUserBackend for FsDevice {
             *slot = Some(mem);
         }
         Ok(())
+    }
+
+    /// An exit eventfd per worker thread, so that dropping the daemon stops the workers instead
+    /// of waiting for them forever.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                warn!("cannot create an exit event: {e}");
+                None
+            }
+        }
     }
 
     /// One worker thread per queue: bit i of entry i.

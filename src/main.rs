@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     match vufsd::daemon::run(&opt) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // Plain, one line: this is what a user reads when the daemon refuses to start.
+            eprintln!("vufsd: error: {e}");
             ExitCode::FAILURE
         }
     }
