@@ -272,10 +272,17 @@ impl Passthrough {
                 libc::ENXIO
             }));
         }
-        let mut flags = open_flags::file_open_flags(guest_flags, self.open_rules());
+        let flags = open_flags::file_open_flags(guest_flags, self.open_rules());
         if self.cfg.readonly && open_flags::writes(flags) {
             return Err(err(libc::EROFS));
         }
+        self.open_with_policy(inode, flags)
+    }
+
+    /// Reopen `inode` with host `flags`, applying the O_NOATIME policy: mask the flag where the
+    /// host would refuse it, retry once without it if the host refuses anyway, and count what
+    /// happened. Used for files and directories alike.
+    fn open_with_policy(&self, inode: &InodeData, mut flags: i32) -> io::Result<HandleData> {
         // Would the policy pass O_NOATIME for this inode? Decides this open, and whether a
         // later F_SETFL from the guest may set it on the handle.
         let allowed = open_flags::decide_noatime(
@@ -823,13 +830,13 @@ impl FileSystem for Passthrough {
         &self,
         _ctx: &Context,
         inode: u64,
-        _flags: u32,
+        flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         let inode = self.dir_inode(inode)?;
-        let fd = self.reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
-        let fh = self
-            .handles
-            .insert(HandleData::new(inode.id, fd, false, false))?;
+        // Only O_NOATIME of the guest's flags matters for a directory we read with getdents.
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | (flags as i32 & libc::O_NOATIME);
+        let handle = self.open_with_policy(&inode, flags)?;
+        let fh = self.handles.insert(handle)?;
         let opts = if self.cfg.cache == CachePolicy::Always {
             OpenOptions::CACHE_DIR
         } else {
