@@ -25,7 +25,6 @@ use crate::fs::Passthrough;
 
 /// Opcodes fuse-backend-rs 0.14 does not define.
 const FUSE_SYNCFS: u32 = 50;
-const FUSE_TMPFILE: u32 = 51;
 
 /// Requests that never get a reply.
 fn is_no_reply(opcode: u32) -> bool {
@@ -89,7 +88,10 @@ impl Dispatcher {
         let opcode = header.opcode;
         let written = if server_handles(opcode) {
             let spare = writer.clone();
-            match self.server.handle_message(reader, writer.into(), None, None) {
+            match self
+                .server
+                .handle_message(reader, writer.into(), None, None)
+            {
                 Ok(n) => n,
                 Err(e) if is_no_reply(opcode) => {
                     debug!("malformed no-reply request (opcode {opcode}): {e}");
@@ -114,7 +116,7 @@ impl Dispatcher {
                 // Destroy and the rest the Server knows are routed above; what is left is a
                 // protocol feature we do not offer (FUSE_TMPFILE until O_TMPFILE support lands,
                 // DAX mappings, statx, ...) or not an opcode at all.
-                FUSE_TMPFILE | _ => {
+                _ => {
                     debug!("unsupported opcode {opcode}: ENOSYS");
                     reply_error(writer, header.unique, libc::ENOSYS)
                 }

@@ -1,0 +1,760 @@
+//! Booting a test guest under QEMU: accelerator detection, the command
+//! line, running a guest script and collecting what it printed.
+
+use super::assets::{assets, write_atomic, Assets};
+use super::daemon::Daemon;
+use super::{tail, target_dir, Context, Result};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The virtio-fs device of a VM.
+#[derive(Debug, Clone)]
+pub struct FsDevice {
+    /// The daemon's vhost-user socket.
+    pub socket: PathBuf,
+    /// The mount tag (no spaces or commas).
+    pub tag: String,
+    /// Request queues (QEMU's num-request-queues); 1 is QEMU's default.
+    pub num_request_queues: u32,
+    /// Virtqueue size, None for QEMU's default (128).
+    pub queue_size: Option<u32>,
+    /// The daemon's log, quoted in failure reports.
+    pub daemon_log: Option<PathBuf>,
+}
+
+/// One guest run. Build with `VmConfig::new(dir, script)` and the `with_*`
+/// methods, or set the fields directly.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Each run gets a fresh `dir/vm-N/` holding console.log, guest.log,
+    /// qemu.log, qemu-cmdline.txt and io/ (the guest's /test, with script.sh).
+    pub dir: PathBuf,
+    /// Guest script (busybox sh, with tests/vm/vufs.sh's helpers).
+    pub script: String,
+    /// None boots without a virtio-fs device.
+    pub fs: Option<FsDevice>,
+    /// Back guest RAM with a shared memfd, as vhost-user needs. Turn it off
+    /// to test how a daemon copes with unshareable memory.
+    pub shared_mem: bool,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    /// Mount the share at /mnt before the script runs (with `mount_opts`).
+    pub auto_mount: bool,
+    /// virtio-fs mount options, comma separated, no spaces.
+    pub mount_opts: String,
+    /// Wall-clock limit from QEMU's start (not counting the wait for a slot).
+    pub timeout: Duration,
+    /// Extra kernel command line words.
+    pub kernel_args: Vec<String>,
+    /// Extra QEMU arguments.
+    pub qemu_args: Vec<String>,
+    /// Print console and guest output live on stderr (see --nocapture).
+    pub echo: bool,
+}
+
+impl VmConfig {
+    pub fn new(dir: &Path, script: impl Into<String>) -> VmConfig {
+        VmConfig {
+            dir: dir.to_path_buf(),
+            script: script.into(),
+            fs: None,
+            shared_mem: true,
+            mem_mib: 512,
+            cpus: 2,
+            auto_mount: true,
+            mount_opts: String::new(),
+            timeout: Duration::from_secs(60),
+            kernel_args: Vec::new(),
+            qemu_args: Vec::new(),
+            echo: false,
+        }
+    }
+
+    /// Attach a vhost-user-fs device on `socket` with `tag`, queue size 1024.
+    pub fn with_fs(mut self, socket: &Path, tag: &str) -> VmConfig {
+        self.fs = Some(FsDevice {
+            socket: socket.to_path_buf(),
+            tag: tag.to_string(),
+            num_request_queues: 1,
+            queue_size: Some(1024),
+            daemon_log: None,
+        });
+        self
+    }
+
+    /// [`with_fs`](Self::with_fs) on the daemon's socket; failure reports
+    /// then include the daemon's log.
+    pub fn with_daemon(self, daemon: &Daemon, tag: &str) -> VmConfig {
+        let mut cfg = self.with_fs(daemon.socket(), tag);
+        if let Some(fs) = cfg.fs.as_mut() {
+            fs.daemon_log = Some(daemon.log_path().to_path_buf());
+        }
+        cfg
+    }
+
+    pub fn request_queues(mut self, n: u32) -> VmConfig {
+        self.fs_mut().num_request_queues = n;
+        self
+    }
+
+    pub fn queue_size(mut self, size: Option<u32>) -> VmConfig {
+        self.fs_mut().queue_size = size;
+        self
+    }
+
+    pub fn shared_mem(mut self, on: bool) -> VmConfig {
+        self.shared_mem = on;
+        self
+    }
+
+    pub fn auto_mount(mut self, on: bool) -> VmConfig {
+        self.auto_mount = on;
+        self
+    }
+
+    pub fn mount_opts(mut self, opts: &str) -> VmConfig {
+        self.mount_opts = opts.to_string();
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> VmConfig {
+        self.timeout = t;
+        self
+    }
+
+    pub fn echo(mut self, on: bool) -> VmConfig {
+        self.echo = on;
+        self
+    }
+
+    fn fs_mut(&mut self) -> &mut FsDevice {
+        self.fs
+            .as_mut()
+            .expect("VmConfig: call with_fs/with_daemon first")
+    }
+}
+
+/// What a guest run produced.
+#[derive(Debug, Clone)]
+pub struct VmOutcome {
+    /// Everything the script (and init) printed on the test serial port.
+    pub guest_output: String,
+    /// The kernel console.
+    pub console: String,
+    /// QEMU's own stdout+stderr (device errors show up here).
+    pub qemu_stderr: String,
+    pub qemu_status: ExitStatus,
+    /// QEMU start to exit.
+    pub elapsed: Duration,
+    /// QEMU start to the guest reporting the share mounted (auto-mount only).
+    pub boot_to_mount: Option<Duration>,
+    /// The VM did not power off within the timeout and was killed.
+    pub timed_out: bool,
+    /// This run's directory (logs, io/).
+    pub run_dir: PathBuf,
+    pub daemon_log: Option<PathBuf>,
+}
+
+impl VmOutcome {
+    /// Names of `OK <name>` lines.
+    pub fn oks(&self) -> Vec<&str> {
+        self.guest_output
+            .lines()
+            .filter_map(|l| l.strip_prefix("OK "))
+            .map(|rest| rest.split_whitespace().next().unwrap_or(""))
+            .collect()
+    }
+
+    /// Whole `FAIL ...` lines.
+    pub fn fails(&self) -> Vec<&str> {
+        self.guest_output
+            .lines()
+            .filter(|l| l.starts_with("FAIL "))
+            .collect()
+    }
+
+    /// The script's exit status, from the init's final `DONE rc=N`.
+    pub fn script_status(&self) -> Option<i32> {
+        self.guest_output
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("DONE rc="))
+            .and_then(|rc| rc.trim().parse().ok())
+    }
+
+    /// Everything that makes this run a failure, given the OK names it
+    /// must contain; empty if it passed.
+    pub fn problems(&self, expected_oks: &[&str]) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.timed_out {
+            problems.push(format!("the VM timed out after {:?}", self.elapsed));
+        }
+        match self.script_status() {
+            None => problems.push("no `DONE rc=` line: the guest did not finish".into()),
+            Some(0) => {}
+            Some(rc) => problems.push(format!("the guest script exited with status {rc}")),
+        }
+        problems.extend(self.fails().iter().map(|l| l.to_string()));
+        let oks = self.oks();
+        for name in expected_oks {
+            if !oks.contains(name) {
+                problems.push(format!("missing `OK {name}`"));
+            }
+        }
+        if !self.timed_out && !self.qemu_status.success() {
+            problems.push(format!("QEMU exited with {}", self.qemu_status));
+        }
+        problems
+    }
+
+    /// Panic, with the logs' tails, unless the guest finished cleanly, printed
+    /// `OK <name>` for each expected name and no `FAIL` line.
+    pub fn assert_ok(&self, expected_oks: &[&str]) {
+        let problems = self.problems(expected_oks);
+        if !problems.is_empty() {
+            panic!(
+                "guest run failed:\n  - {}\n{}",
+                problems.join("\n  - "),
+                self.report()
+            );
+        }
+    }
+
+    /// Tails of all logs, for failure messages.
+    pub fn report(&self) -> String {
+        let mut r = format!(
+            "--- run dir: {}\n--- qemu: {} after {:?}, boot-to-mount {:?}\n{}\n\
+             --- kernel console (tail):\n{}\n--- guest output (tail):\n{}\n",
+            self.run_dir.display(),
+            self.qemu_status,
+            self.elapsed,
+            self.boot_to_mount,
+            tail(&self.qemu_stderr, 20),
+            tail(&self.console, 40),
+            tail(&self.guest_output, 60),
+        );
+        if let Some(log) = &self.daemon_log {
+            let text = std::fs::read(log).unwrap_or_default();
+            r.push_str(&format!(
+                "--- daemon log {} (tail):\n{}\n",
+                log.display(),
+                tail(&String::from_utf8_lossy(&text), 40)
+            ));
+        }
+        r
+    }
+}
+
+/// Boot the guest, run `cfg.script`, wait for it to power off. Panics on a
+/// harness error or a timeout (with the logs' tails); check the script's
+/// results with [`VmOutcome::assert_ok`].
+pub fn run_vm(cfg: &VmConfig) -> VmOutcome {
+    let out = try_run_vm(cfg).unwrap_or_else(|e| panic!("cannot run the test VM: {e}"));
+    if out.timed_out {
+        panic!(
+            "the test VM did not power off within {:?}\n{}",
+            cfg.timeout,
+            out.report()
+        );
+    }
+    out
+}
+
+/// Like [`run_vm`], but a timeout is reported in `VmOutcome::timed_out`
+/// rather than a panic (for tests that expect a guest to hang). Errs only
+/// when the harness itself fails.
+pub fn try_run_vm(cfg: &VmConfig) -> Result<VmOutcome> {
+    validate(cfg)?;
+    let assets = assets()?;
+    let accel = accel()?;
+    let run = RunDir::create(&cfg.dir)?;
+    std::fs::write(run.io.join("script.sh"), &cfg.script).context("writing script.sh")?;
+    let args = qemu_args(assets, accel, cfg, &run);
+    std::fs::write(run.dir.join("qemu-cmdline.txt"), shell_line(&args))
+        .context("writing qemu-cmdline.txt")?;
+    let _slot = VmSlot::acquire()?;
+    let mut vm = Running::start(&args, &run, cfg.echo)?;
+    let (status, timed_out) = vm.wait(cfg.timeout)?;
+    Ok(VmOutcome {
+        guest_output: vm.guest.text(),
+        console: vm.console.text(),
+        qemu_stderr: read_lossy(&run.dir.join("qemu.log")),
+        qemu_status: status,
+        elapsed: vm.started.elapsed(),
+        boot_to_mount: vm.mounted_at,
+        timed_out,
+        run_dir: run.dir,
+        daemon_log: cfg.fs.as_ref().and_then(|f| f.daemon_log.clone()),
+    })
+}
+
+/// Check that a VM can run at all: QEMU is installed and the guest assets
+/// build. See `require_vm` in mod.rs.
+pub fn preflight() -> Result<()> {
+    let out = Command::new(qemu_binary())
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", qemu_binary()))?;
+    if !out.status.success() {
+        return Err(format!("{} --version failed", qemu_binary()));
+    }
+    assets()?;
+    Ok(())
+}
+
+fn qemu_binary() -> String {
+    std::env::var("VUFSD_VM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
+}
+
+/// Words go on the kernel command line and into QEMU's key=value option
+/// syntax: reject what would break either.
+fn validate(cfg: &VmConfig) -> Result<()> {
+    let bad = |s: &str| s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == ',');
+    if let Some(fs) = &cfg.fs {
+        if bad(&fs.tag) {
+            return Err(format!("bad virtio-fs tag {:?}", fs.tag));
+        }
+    }
+    if cfg.mount_opts.contains(char::is_whitespace) {
+        return Err(format!("mount options {:?} contain spaces", cfg.mount_opts));
+    }
+    Ok(())
+}
+
+/// The whole QEMU command line (without the binary).
+fn qemu_args(assets: &Assets, accel: Accel, cfg: &VmConfig, run: &RunDir) -> Vec<String> {
+    let mut kernel_cmdline = base_cmdline();
+    if let Some(fs) = &cfg.fs {
+        kernel_cmdline.push(format!("vufs_tag={}", fs.tag));
+    }
+    kernel_cmdline.push(format!("vufs_mount={}", u8::from(cfg.auto_mount)));
+    if !cfg.mount_opts.is_empty() {
+        kernel_cmdline.push(format!("vufs_mntopts={}", cfg.mount_opts));
+    }
+    kernel_cmdline.extend(cfg.kernel_args.iter().cloned());
+
+    let mut a = machine_args(assets, accel, cfg.mem_mib, cfg.cpus, cfg.shared_mem);
+    a.extend(["-append".into(), kernel_cmdline.join(" ")]);
+    if let Some(fs) = &cfg.fs {
+        a.extend(fs_args(fs));
+    }
+    a.extend([
+        "-virtfs".into(),
+        "local,path=/,readonly=on,security_model=none,mount_tag=hostroot,multidevs=remap".into(),
+        "-virtfs".into(),
+        format!(
+            "local,path={},security_model=none,mount_tag=testdir,multidevs=remap",
+            escape(&run.io)
+        ),
+    ]);
+    a.extend(serial_args(&run.dir));
+    a.extend(cfg.qemu_args.iter().cloned());
+    a
+}
+
+/// `console=ttyS0`: kernel log on the first serial port; `panic=-1` with
+/// QEMU's `-no-reboot` turns a guest panic into a QEMU exit.
+fn base_cmdline() -> Vec<String> {
+    ["console=ttyS0", "rdinit=/init", "panic=-1"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Machine, accelerator, CPUs, memory and kernel. `-nodefaults` drops the
+/// default NIC (and its slow PXE option ROM), VGA and monitor.
+fn machine_args(
+    assets: &Assets,
+    accel: Accel,
+    mem_mib: u32,
+    cpus: u32,
+    shared: bool,
+) -> Vec<String> {
+    let mut a: Vec<String> = vec!["-name".into(), "vufsd-test".into()];
+    a.extend(accel.qemu_args().map(String::from));
+    a.extend(
+        [
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]
+        .map(String::from),
+    );
+    a.extend([
+        "-smp".into(),
+        cpus.to_string(),
+        "-m".into(),
+        format!("{mem_mib}M"),
+    ]);
+    if shared {
+        a.extend([
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem_mib}M,share=on"),
+            "-numa".into(),
+            "node,memdev=mem".into(),
+        ]);
+    }
+    a.extend(["-kernel".into(), escape(&assets.kernel)]);
+    a.extend(["-initrd".into(), escape(&assets.initramfs)]);
+    a
+}
+
+fn fs_args(fs: &FsDevice) -> Vec<String> {
+    let mut dev = format!("vhost-user-fs-pci,chardev=vfs,tag={}", fs.tag);
+    if let Some(q) = fs.queue_size {
+        dev.push_str(&format!(",queue-size={q}"));
+    }
+    if fs.num_request_queues != 1 {
+        dev.push_str(&format!(",num-request-queues={}", fs.num_request_queues));
+    }
+    vec![
+        "-chardev".into(),
+        format!("socket,id=vfs,path={}", escape(&fs.socket)),
+        "-device".into(),
+        dev,
+    ]
+}
+
+/// ttyS0 (kernel console) and ttyS1 (test output) to files of their own.
+fn serial_args(dir: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("file,id=con,path={}", escape(&dir.join("console.log"))),
+        "-serial".into(),
+        "chardev:con".into(),
+        "-chardev".into(),
+        format!("file,id=out,path={}", escape(&dir.join("guest.log"))),
+        "-serial".into(),
+        "chardev:out".into(),
+    ]
+}
+
+/// A path inside a QEMU option value: commas are doubled.
+fn escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// A copy-pasteable command line, for rerunning a failed VM by hand.
+fn shell_line(args: &[String]) -> String {
+    let quote = |s: &str| {
+        if s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    let mut line = qemu_binary();
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    line.push('\n');
+    line
+}
+
+/// `dir/vm-N/` and its `io/` subdirectory (the guest's /test).
+struct RunDir {
+    dir: PathBuf,
+    io: PathBuf,
+}
+
+impl RunDir {
+    fn create(parent: &Path) -> Result<RunDir> {
+        for n in 0.. {
+            let dir = parent.join(format!("vm-{n}"));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    let io = dir.join("io");
+                    std::fs::create_dir(&io).with_context(|| format!("mkdir {}", io.display()))?;
+                    return Ok(RunDir { dir, io });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("mkdir {}: {e}", dir.display())),
+            }
+        }
+        unreachable!()
+    }
+}
+
+/// A QEMU process and the logs it writes.
+struct Running {
+    child: Child,
+    started: Instant,
+    console: LogFollower,
+    guest: LogFollower,
+    mounted_at: Option<Duration>,
+}
+
+impl Running {
+    fn start(args: &[String], run: &RunDir, echo: bool) -> Result<Running> {
+        let log = File::create(run.dir.join("qemu.log")).context("creating qemu.log")?;
+        let log2 = log.try_clone().context("dup qemu.log")?;
+        let started = Instant::now();
+        let child = Command::new(qemu_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .with_context(|| format!("spawning {}", qemu_binary()))?;
+        Ok(Running {
+            child,
+            started,
+            console: LogFollower::new(run.dir.join("console.log"), echo.then_some("")),
+            guest: LogFollower::new(run.dir.join("guest.log"), echo.then_some("guest| ")),
+            mounted_at: None,
+        })
+    }
+
+    /// Follow the logs until QEMU exits or `timeout` passes (then kill it).
+    /// Returns the exit status and whether it timed out.
+    fn wait(&mut self, timeout: Duration) -> Result<(ExitStatus, bool)> {
+        let deadline = self.started + timeout;
+        loop {
+            self.poll_logs();
+            if let Some(status) = self.child.try_wait().context("waiting for QEMU")? {
+                self.poll_logs();
+                return Ok((status, false));
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let status = self
+                    .child
+                    .wait()
+                    .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL));
+                self.poll_logs();
+                return Ok((status, true));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn poll_logs(&mut self) {
+        self.console.poll();
+        for line in self.guest.poll() {
+            if self.mounted_at.is_none() && line.starts_with("VUFS-MOUNTED") {
+                self.mounted_at = Some(self.started.elapsed());
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only reached with QEMU still running on a harness error.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a file as another process appends to it, line by line; optionally
+/// echoes each line to stderr with a prefix.
+struct LogFollower {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    line_start: usize,
+    echo: Option<&'static str>,
+}
+
+impl LogFollower {
+    fn new(path: PathBuf, echo: Option<&'static str>) -> LogFollower {
+        LogFollower {
+            path,
+            bytes: Vec::new(),
+            line_start: 0,
+            echo,
+        }
+    }
+
+    /// New complete lines since the last call (without `\r\n`).
+    fn poll(&mut self) -> Vec<String> {
+        if let Ok(mut f) = File::open(&self.path) {
+            if f.seek(SeekFrom::Start(self.bytes.len() as u64)).is_ok() {
+                let _ = f.read_to_end(&mut self.bytes);
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(nl) = self.bytes[self.line_start..]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            let raw = &self.bytes[self.line_start..self.line_start + nl];
+            let line = String::from_utf8_lossy(raw)
+                .trim_end_matches('\r')
+                .to_string();
+            if let Some(prefix) = self.echo {
+                eprintln!("{prefix}{line}");
+            }
+            lines.push(line);
+            self.line_start += nl + 1;
+        }
+        lines
+    }
+
+    /// Everything read so far, `\r` removed.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).replace('\r', "")
+    }
+}
+
+fn read_lossy(p: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+}
+
+/// Limits how many VMs run at once, across threads and processes: under
+/// TCG each guest keeps a host core busy, and over-committing the CPUs makes
+/// every guest slow enough to hit timeouts. A slot is a flock(2)ed file
+/// under `<target>/vm-assets/slots/`; flock locks belong to an open file
+/// description, so two threads of one process exclude each other too.
+struct VmSlot {
+    _file: File,
+}
+
+impl VmSlot {
+    fn acquire() -> Result<VmSlot> {
+        let dir = target_dir().join("vm-assets").join("slots");
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let slots = max_parallel_vms();
+        loop {
+            for i in 0..slots {
+                let path = dir.join(format!("{i}.lock"));
+                let file = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                // SAFETY: flock on an fd we own; released when `file` closes.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    return Ok(VmSlot { _file: file });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `VUFSD_VM_PARALLEL`, else one VM per two host CPUs (a guest has two
+/// vCPUs). On a 2-CPU host, two TCG guests at once finished the selftest no
+/// sooner than one at a time, while each boot took 3 s instead of 1.9 s.
+fn max_parallel_vms() -> usize {
+    if let Some(n) = std::env::var("VUFSD_VM_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return std::cmp::max(n, 1);
+    }
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// How QEMU runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The accelerator to use: `$VUFSD_VM_ACCEL` (kvm|tcg) if set, else KVM if a
+/// probe guest really boots with it, else TCG. The probe runs once per host
+/// boot: its answer is cached in `<target>/vm-assets/accel-<boot_id>`.
+pub fn accel() -> Result<Accel> {
+    static ACCEL: OnceLock<Result<Accel>> = OnceLock::new();
+    ACCEL.get_or_init(detect_accel).clone()
+}
+
+fn detect_accel() -> Result<Accel> {
+    match std::env::var("VUFSD_VM_ACCEL").as_deref() {
+        Ok("kvm") => return Ok(Accel::Kvm),
+        Ok("tcg") => return Ok(Accel::Tcg),
+        Ok(other) => return Err(format!("VUFSD_VM_ACCEL={other}: expected kvm or tcg")),
+        Err(_) => {}
+    }
+    // /dev/kvm can exist and open fine and still not work: on this kind of
+    // host (nested PVM) QEMU 7.2 aborts with "failed to set MSR 0x10a" under
+    // -cpu host, or stops with "KVM internal error" under the default CPU.
+    if OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Ok(Accel::Tcg);
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let cache = target_dir()
+        .join("vm-assets")
+        .join(format!("accel-{}", boot_id.trim()));
+    match std::fs::read_to_string(&cache).as_deref() {
+        Ok("kvm") => return Ok(Accel::Kvm),
+        Ok("tcg") => return Ok(Accel::Tcg),
+        _ => {}
+    }
+    let accel = if probe_kvm(assets()?)? {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    write_atomic(&cache, accel.name().as_bytes())?;
+    Ok(accel)
+}
+
+/// Boot the real guest with KVM up to its init and see it report back.
+fn probe_kvm(assets: &Assets) -> Result<bool> {
+    let dir = target_dir()
+        .join("vm-assets")
+        .join(format!("kvm-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    let mut args = machine_args(assets, Accel::Kvm, 128, 1, false);
+    let mut cmdline = base_cmdline();
+    cmdline.push("vufs_probe=1".into());
+    args.extend(["-append".into(), cmdline.join(" ")]);
+    args.extend(serial_args(&dir));
+    let run = RunDir {
+        dir: dir.clone(),
+        io: dir.clone(),
+    };
+    let mut vm = Running::start(&args, &run, false)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ok = loop {
+        vm.poll_logs();
+        if vm.guest.text().contains("VUFS-PROBE-OK") {
+            break true;
+        }
+        let stderr = read_lossy(&dir.join("qemu.log"));
+        let exited = vm.child.try_wait().ok().flatten().is_some();
+        if exited || stderr.contains("KVM internal error") || Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ok)
+}
