@@ -183,6 +183,65 @@ impl Opt {
     }
 }
 
+/// The options reference in Markdown, generated from the definitions above so that
+/// docs/options.md cannot drift from the binary (a test compares the two).
+pub fn options_markdown() -> String {
+    use clap::CommandFactory;
+    let cmd = Opt::command();
+    let mut out = String::from(
+        "# vufsd options\n\n\
+         <!-- Generated from src/cli.rs by `VUFSD_BLESS=1 cargo test --test docs`; do not edit. -->\n\n\
+         `vufsd --shared-dir DIR (--socket-path PATH | --fd FD) [OPTIONS]`\n\n\
+         Options spelled like upstream virtiofsd's mean the same thing there.\n\n",
+    );
+    for arg in cmd.get_arguments() {
+        if arg.is_hide_set() {
+            continue;
+        }
+        let Some(long) = arg.get_long() else { continue };
+        let takes_value = arg.get_action().takes_values();
+        let value = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "VALUE".into());
+        if takes_value {
+            out.push_str(&format!("## `--{long}={value}`\n\n"));
+        } else {
+            out.push_str(&format!("## `--{long}`\n\n"));
+        }
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        out.push_str(&help);
+        out.push_str("\n\n");
+        let values: Vec<_> = arg
+            .get_possible_values()
+            .into_iter()
+            .filter(|v| !v.is_hide_set())
+            .collect();
+        if takes_value && !values.is_empty() {
+            out.push_str("| value | meaning |\n|---|---|\n");
+            for v in values {
+                let help = v.get_help().map(|h| h.to_string()).unwrap_or_default();
+                out.push_str(&format!("| `{}` | {} |\n", v.get_name(), help));
+            }
+            out.push('\n');
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        if takes_value && !defaults.is_empty() {
+            out.push_str(&format!("Default: `{}`\n\n", defaults.join(",")));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +283,9 @@ mod tests {
         assert!(parse(&["--shared-dir=d", "--socket-path=s", "--fd=3"]).is_err());
         assert!(parse(&["--shared-dir=d", "--fd=3"]).is_ok());
         assert_eq!(
-            parse(&["--shared-dir=d", "--socket=old"]).unwrap().socket_path(),
+            parse(&["--shared-dir=d", "--socket=old"])
+                .unwrap()
+                .socket_path(),
             Some(&PathBuf::from("old"))
         );
     }

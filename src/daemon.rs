@@ -202,10 +202,7 @@ fn listener(opt: &Opt) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
 const EXIT_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// Handle SIGTERM/SIGINT/SIGHUP on a thread of their own: log, clean up, exit 0.
-fn spawn_signal_thread(
-    fs: Arc<Passthrough>,
-    socket: Option<PathBuf>,
-) -> Result<(), DaemonError> {
+fn spawn_signal_thread(fs: Arc<Passthrough>, socket: Option<PathBuf>) -> Result<(), DaemonError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -258,7 +255,12 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
         device.clone(),
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
-    .map_err(|e| DaemonError::Setup("cannot create the vhost-user daemon".into(), io::Error::other(e.to_string())))?;
+    .map_err(|e| {
+        DaemonError::Setup(
+            "cannot create the vhost-user daemon".into(),
+            io::Error::other(e.to_string()),
+        )
+    })?;
 
     match &created {
         Some(p) => info!("listening on {}", p.display()),

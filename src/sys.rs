@@ -151,7 +151,13 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 }
 
 /// `fchownat`; `u32::MAX` (-1) leaves an id unchanged, as in chown(2).
-pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32, flags: i32) -> io::Result<()> {
+pub fn fchownat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    uid: u32,
+    gid: u32,
+    flags: i32,
+) -> io::Result<()> {
     // SAFETY: plain syscall on a NUL-terminated name.
     check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
 }

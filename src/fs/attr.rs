@@ -38,11 +38,9 @@ impl Passthrough {
         if valid.contains(SetattrValid::MODE) {
             match h {
                 Some(h) => sys::fchmod(h.fd(), attr.st_mode & 0o7777)?,
-                None => sys::fchmodat(
-                    self.proc_self_fd.as_fd(),
-                    &proc_name,
-                    attr.st_mode & 0o7777,
-                )?,
+                None => {
+                    sys::fchmodat(self.proc_self_fd.as_fd(), &proc_name, attr.st_mode & 0o7777)?
+                }
             }
         }
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {

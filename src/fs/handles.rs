@@ -86,5 +86,4 @@ impl HandleStore {
     pub fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)
     }
-
 }

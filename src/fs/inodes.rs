@@ -213,8 +213,9 @@ mod tests {
 
     fn open_path(p: &std::path::Path) -> (OwnedFd, Stat) {
         let dir = std::fs::File::open("/").unwrap();
-        let rel = std::ffi::CString::new(p.strip_prefix("/").unwrap().as_os_str().as_encoded_bytes())
-            .unwrap();
+        let rel =
+            std::ffi::CString::new(p.strip_prefix("/").unwrap().as_os_str().as_encoded_bytes())
+                .unwrap();
         let fd = sys::openat(dir.as_fd(), &rel, libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap();
         let st = sys::stat_fd(fd.as_fd()).unwrap();
         (fd, st)
@@ -237,7 +238,10 @@ mod tests {
         store.forget(a.id, 1);
         assert!(store.get(a.id).is_ok(), "one reference left");
         store.forget(a.id, 5);
-        assert!(store.get(a.id).is_err(), "over-forgetting removes it, no panic");
+        assert!(
+            store.get(a.id).is_err(),
+            "over-forgetting removes it, no panic"
+        );
         store.forget(a.id, 1);
         store.forget(12345, 1);
         store.forget(ROOT_ID, u64::MAX);

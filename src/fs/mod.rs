@@ -512,7 +512,13 @@ impl FileSystem for Passthrough {
         sys::readlinkat(inode.fd(), sys::EMPTY)
     }
 
-    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
         check_name(name)?;
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
@@ -595,7 +601,13 @@ impl FileSystem for Passthrough {
         sys::renameat2(old.fd(), oldname, new.fd(), newname, flags)
     }
 
-    fn link(&self, _ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+    fn link(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        newparent: u64,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
         check_name(newname)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;

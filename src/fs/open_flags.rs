@@ -75,7 +75,12 @@ pub enum Noatime {
 }
 
 /// Decide what to do with O_NOATIME for an inode owned by `owner`.
-pub fn decide_noatime(policy: NoatimePolicy, creds: DaemonCreds, flags: i32, owner: u32) -> Noatime {
+pub fn decide_noatime(
+    policy: NoatimePolicy,
+    creds: DaemonCreds,
+    flags: i32,
+    owner: u32,
+) -> Noatime {
     if flags & libc::O_NOATIME == 0 {
         return Noatime::NotRequested;
     }
@@ -214,17 +219,36 @@ mod tests {
     fn only_auto_retries_and_only_on_eperm() {
         let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
         let eacces = std::io::Error::from_raw_os_error(libc::EACCES);
-        assert!(retry_without_noatime(NoatimePolicy::Auto, RO_NOATIME, &eperm));
-        assert!(!retry_without_noatime(NoatimePolicy::Auto, RO_NOATIME, &eacces));
-        assert!(!retry_without_noatime(NoatimePolicy::Auto, libc::O_RDONLY, &eperm));
-        assert!(!retry_without_noatime(NoatimePolicy::Preserve, RO_NOATIME, &eperm));
+        assert!(retry_without_noatime(
+            NoatimePolicy::Auto,
+            RO_NOATIME,
+            &eperm
+        ));
+        assert!(!retry_without_noatime(
+            NoatimePolicy::Auto,
+            RO_NOATIME,
+            &eacces
+        ));
+        assert!(!retry_without_noatime(
+            NoatimePolicy::Auto,
+            libc::O_RDONLY,
+            &eperm
+        ));
+        assert!(!retry_without_noatime(
+            NoatimePolicy::Preserve,
+            RO_NOATIME,
+            &eperm
+        ));
     }
 
     #[test]
     fn open_flags_drop_what_the_host_must_not_see() {
         let rules = OpenRules::default();
         let guest = (libc::O_RDONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW) as u32;
-        assert_eq!(file_open_flags(guest, rules), libc::O_RDONLY | libc::O_LARGEFILE);
+        assert_eq!(
+            file_open_flags(guest, rules),
+            libc::O_RDONLY | libc::O_LARGEFILE
+        );
         let direct = (libc::O_RDWR | libc::O_DIRECT) as u32;
         assert_eq!(file_open_flags(direct, rules) & libc::O_DIRECT, 0);
         let allowed = OpenRules {
