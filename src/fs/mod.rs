@@ -299,18 +299,20 @@ impl Passthrough {
         if decision == Noatime::Masked {
             flags &= !libc::O_NOATIME;
         }
-        let fd = match self.reopen(inode.fd(), flags) {
+        let result = match self.reopen(inode.fd(), flags) {
             Err(e) if open_flags::retry_without_noatime(self.cfg.noatime, flags, &e) => {
                 flags &= !libc::O_NOATIME;
                 decision = Noatime::Retried;
-                self.reopen(inode.fd(), flags)?
+                self.reopen(inode.fd(), flags)
             }
-            other => other?,
+            other => other,
         };
+        // Counted whatever the open's outcome: the counters describe what was asked of the host.
         self.counters.record(decision);
         if decision != Noatime::NotRequested {
             debug!("open node {}: O_NOATIME {decision:?}", inode.id);
         }
+        let fd = result?;
         let on = flags & libc::O_NOATIME != 0;
         Ok(HandleData::new(
             inode.id,
