@@ -134,8 +134,7 @@ fn counters(log: &str) -> (u64, u64, u64) {
         let before = line.split(word).next().unwrap_or_default();
         before
             .split(|c: char| !c.is_ascii_digit())
-            .filter(|s| !s.is_empty())
-            .next_back()
+            .rfind(|s| !s.is_empty())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no count for {word} in: {line}"))
     };
