@@ -615,7 +615,8 @@ fn read_lossy(p: &Path) -> String {
 /// Limits how many VMs run at once, across threads and processes: under
 /// TCG each guest keeps a host core busy, and over-committing the CPUs makes
 /// every guest slow enough to hit timeouts. A slot is a flock(2)ed file
-/// under `<target>/vm-assets/slots/`; flock locks belong to an open file
+/// under `$TMPDIR/vufsd-vm-slots/`, shared by every checkout on the machine
+/// (they compete for the same CPUs); flock locks belong to an open file
 /// description, so two threads of one process exclude each other too.
 struct VmSlot {
     _file: File,
@@ -623,7 +624,7 @@ struct VmSlot {
 
 impl VmSlot {
     fn acquire() -> Result<VmSlot> {
-        let dir = target_dir().join("vm-assets").join("slots");
+        let dir = std::env::temp_dir().join("vufsd-vm-slots");
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let slots = max_parallel_vms();
         loop {
