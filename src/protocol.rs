@@ -9,11 +9,10 @@
 //!   malformed request without answering, the guest still gets EINVAL instead of waiting
 //!   forever.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::mem::size_of;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
     CopyFileRangeIn, CreateIn, EntryOut, InHeader, IoctlIn, IoctlOut, LkIn, LkOut, Opcode, OpenOut,
@@ -57,7 +56,6 @@ pub fn may_block(opcode: u32) -> bool {
 pub struct Dispatcher {
     server: Server<Arc<Passthrough>>,
     fs: Arc<Passthrough>,
-    unsupported: Mutex<BTreeMap<u32, u64>>,
 }
 
 impl Dispatcher {
@@ -65,7 +63,6 @@ impl Dispatcher {
         Self {
             server: Server::new(fs.clone()),
             fs,
-            unsupported: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -172,7 +169,7 @@ impl Dispatcher {
                 // What is left is a protocol feature we do not offer (DAX mappings, statx, ...)
                 // or not an opcode at all.
                 _ => {
-                    self.note_unsupported(opcode);
+                    self.fs.note_unsupported(opcode);
                     reply_error(writer, header.unique, libc::ENOSYS)
                 }
             }
@@ -180,25 +177,9 @@ impl Dispatcher {
         u32::try_from(written).unwrap_or(0)
     }
 
-    /// Remember an opcode we answered ENOSYS, for the exit summary (the first time at info
-    /// level: a guest feature we do not serve is worth knowing about).
-    fn note_unsupported(&self, opcode: u32) {
-        let Ok(mut seen) = self.unsupported.lock() else {
-            return;
-        };
-        let count = seen.entry(opcode).or_insert(0);
-        if *count == 0 {
-            log::info!("the guest sent FUSE opcode {opcode}, which vufsd does not serve: ENOSYS");
-        }
-        *count += 1;
-    }
-
     /// Opcodes answered ENOSYS so far, with counts.
     pub fn unsupported_opcodes(&self) -> Vec<(u32, u64)> {
-        self.unsupported
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default()
+        self.fs.unsupported_opcodes()
     }
 
     fn lock<S: vm_memory::bitmap::BitmapSlice>(

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, Opcode, OpenOptions};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, SetattrValid,
     ZeroCopyReader, ZeroCopyWriter,
@@ -122,6 +122,8 @@ pub struct Passthrough {
     acl_negotiated: AtomicBool,
     counters: NoatimeCounters,
     locks: locks::LockTable,
+    /// FUSE opcodes answered ENOSYS, with counts, for the exit summary.
+    unsupported: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 fn err(errno: i32) -> io::Error {
@@ -185,12 +187,34 @@ impl Passthrough {
             acl_negotiated: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
             locks: locks::LockTable::default(),
+            unsupported: Default::default(),
         })
     }
 
     /// O_NOATIME decisions so far: (honoured, masked, retried).
     pub fn noatime_counters(&self) -> (u64, u64, u64) {
         self.counters.snapshot()
+    }
+
+    /// Remember an opcode answered ENOSYS (logged the first time: a guest feature we do not
+    /// serve is worth knowing about).
+    pub fn note_unsupported(&self, opcode: u32) {
+        let Ok(mut seen) = self.unsupported.lock() else {
+            return;
+        };
+        let count = seen.entry(opcode).or_insert(0);
+        if *count == 0 {
+            info!("the guest sent FUSE opcode {opcode}, which vufsd does not serve: ENOSYS");
+        }
+        *count += 1;
+    }
+
+    /// Opcodes answered ENOSYS so far, with counts.
+    pub fn unsupported_opcodes(&self) -> Vec<(u32, u64)> {
+        self.unsupported
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
     }
 
     /// Inodes and handles currently held, for diagnostics.
@@ -895,7 +919,7 @@ impl FileSystem for Passthrough {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Setxattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
         xattr::set(inode.fd(), name, value, flags)
@@ -908,19 +932,19 @@ impl FileSystem for Passthrough {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Getxattr)?;
         let inode = self.inodes.get(inode)?;
         xattr::get(inode.fd(), name, size)
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Listxattr)?;
         let inode = self.inodes.get(inode)?;
         xattr::list(inode.fd(), size)
     }
 
     fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Removexattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
         xattr::remove(inode.fd(), name)
@@ -1024,6 +1048,26 @@ impl FileSystem for Passthrough {
         attr::check_access(&st, ctx.uid, ctx.gid, mask)
     }
 
+    fn bmap(&self, _ctx: &Context, _inode: u64, _block: u64, _blocksize: u32) -> io::Result<u64> {
+        // Block mapping is for fuseblk filesystems; a virtiofs guest never needs it.
+        self.note_unsupported(Opcode::Bmap as u32);
+        Err(err(libc::ENOSYS))
+    }
+
+    fn poll(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _handle: u64,
+        _khandle: u64,
+        _flags: u32,
+        _events: u32,
+    ) -> io::Result<u32> {
+        // Regular files are always ready; ENOSYS tells the guest so once and for all.
+        self.note_unsupported(Opcode::Poll as u32);
+        Err(err(libc::ENOSYS))
+    }
+
     fn lseek(
         &self,
         _ctx: &Context,
@@ -1043,11 +1087,12 @@ impl FileSystem for Passthrough {
 }
 
 impl Passthrough {
-    fn xattr_enabled(&self) -> io::Result<()> {
+    fn xattr_enabled(&self, opcode: Opcode) -> io::Result<()> {
         if self.cfg.xattr || self.cfg.posix_acl {
             Ok(())
         } else {
             // ENOSYS makes the guest stop asking.
+            self.note_unsupported(opcode as u32);
             Err(err(libc::ENOSYS))
         }
     }
