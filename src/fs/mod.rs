@@ -204,7 +204,11 @@ impl Passthrough {
         };
         let count = seen.entry(opcode).or_insert(0);
         if *count == 0 {
-            info!("the guest sent FUSE opcode {opcode}, which vufsd does not serve: ENOSYS");
+            if (Opcode::Setxattr as u32..=Opcode::Removexattr as u32).contains(&opcode) {
+                info!("the guest asked for extended attributes, which are off (--xattr serves them): ENOSYS");
+            } else {
+                info!("the guest sent FUSE opcode {opcode}, which vufsd does not serve: ENOSYS");
+            }
         }
         *count += 1;
     }
