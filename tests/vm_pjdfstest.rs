@@ -53,6 +53,15 @@ pub const UNPRIVILEGED_LIMITS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Tests whose outcome depends on timing under emulation, not on the daemon: pjdfstest counts
+/// their failures as expected (a pass is still a pass).
+pub const RACY: &[(&str, &str)] = &[(
+    "open::etxtbsy",
+    "starts a program from the share and at once opens it for writing, expecting ETXTBSY; the \
+     guest kernel (not the daemon) enforces ETXTBSY once exec has begun, and under TCG the open \
+     can win the race (upstream virtiofsd fails it the same way)",
+)];
+
 /// Failures inherent to `--readonly` being enforced by the daemon while the guest's mount is
 /// read-write: the guest kernel checks some errors before asking the daemon.
 pub const READONLY_LIMITS: &[(&str, &str)] = &[(
@@ -261,23 +270,11 @@ echo "PJDFSTEST-DONE"
     let status = daemon.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status}\n{}", daemon.report());
     if kind == DaemonKind::Vufsd {
-        // Only the xattr probe the guest makes while vufsd runs without --xattr may get ENOSYS.
-        let log = daemon.output();
-        let line = log
-            .lines()
-            .find(|l| l.contains("FUSE opcodes answered ENOSYS"));
-        if let Some(line) = line {
-            let others: Vec<&str> = line
-                .split('(')
-                .skip(2)
-                .filter_map(|p| p.split(',').next())
-                .filter(|op| !["21", "22", "23", "24"].contains(op))
-                .collect();
-            assert!(
-                others.is_empty(),
-                "pjdfstest needed unsupported opcodes: {line}"
-            );
-        }
+        let enosys = common::unexpected_enosys(&daemon.output());
+        assert!(
+            enosys.is_empty(),
+            "pjdfstest needed unsupported opcodes {enosys:?}"
+        );
     }
     Some(summary)
 }

@@ -163,3 +163,21 @@ impl Drop for TestDir {
         }
     }
 }
+
+/// Opcodes a vufsd log says were answered ENOSYS, other than the xattr opcodes (21-24), which
+/// a guest probes when vufsd runs without --xattr (answering ENOSYS is how that is switched
+/// off). A VM test that finds any is using a FUSE feature vufsd does not serve.
+pub fn unexpected_enosys(log: &str) -> Vec<u32> {
+    let Some(line) = log
+        .lines()
+        .find(|l| l.contains("FUSE opcodes answered ENOSYS"))
+    else {
+        return Vec::new();
+    };
+    // "... (opcode x count): [(22, 1), (48, 3)]"
+    line.split('(')
+        .skip(2)
+        .filter_map(|p| p.split(',').next()?.trim().parse().ok())
+        .filter(|op| !(21..=24).contains(op))
+        .collect()
+}
