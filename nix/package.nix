@@ -25,9 +25,9 @@ rustPlatform.buildRustPackage {
     install -Dm644 contrib/systemd/vufsd@.socket $out/lib/systemd/system/vufsd@.socket
     install -Dm644 contrib/systemd/example.conf $out/share/doc/vufsd/example.conf
     install -Dm644 contrib/qemu/50-vufsd.json $out/share/qemu/vhost-user/50-vufsd.json
-    substituteInPlace $out/lib/systemd/system/vufsd@.service \
-      $out/share/qemu/vhost-user/50-vufsd.json \
-      --replace-fail /usr/bin/vufsd $out/bin/vufsd
+    for f in $out/lib/systemd/system/vufsd@.service $out/share/qemu/vhost-user/50-vufsd.json; do
+      substituteInPlace "$f" --replace-fail /usr/bin/vufsd $out/bin/vufsd
+    done
     install -Dm644 docs/vufsd.1 $out/share/man/man1/vufsd.1
   '';
 
