@@ -64,6 +64,16 @@ impl From<NoatimeArg> for NoatimePolicy {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AclArg {
+    /// No ACLs.
+    Never,
+    /// ACLs if the guest kernel supports them.
+    Auto,
+    /// ACLs (a guest kernel without support is warned about and runs without).
+    Always,
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "vufsd",
@@ -147,6 +157,20 @@ pub struct Opt {
     #[arg(long, action = ArgAction::SetTrue)]
     pub preserve_noatime: bool,
 
+    /// Serve POSIX ACLs (system.posix_acl_* xattrs; implies --xattr). The guest then checks
+    /// permissions with ACLs, and a parent directory's default ACL replaces the umask for new
+    /// files. `--posix-acl` alone means `always`.
+    #[arg(
+        long,
+        value_enum,
+        require_equals = true,
+        num_args = 0..=1,
+        default_value = "never",
+        default_missing_value = "always",
+        value_name = "WHEN"
+    )]
+    pub posix_acl: AclArg,
+
     /// Threads serving requests besides the one per queue; 0 serves each queue on its own
     /// thread only.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -195,6 +219,7 @@ impl Opt {
             readdirplus: !self.no_readdirplus,
             allow_direct_io: self.allow_direct_io,
             noatime: self.noatime_policy(),
+            posix_acl: self.posix_acl != AclArg::Never,
         }
     }
 }

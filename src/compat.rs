@@ -21,10 +21,9 @@ use crate::sys;
 /// What `--print-capabilities` prints: the vhost-user backend description libvirt reads
 /// (QEMU's docs/interop/vhost-user.json). Only what vufsd really has: "separate-options" means
 /// it takes `--shared-dir`, `--cache`, ... as separate options (libvirt then stops using `-o`).
-/// Not advertised: "migrate-precopy" (no migration), "posix-acl-negotiation-mode" and
-/// "security-label-negotiation-mode" (no ACLs or labels yet).
-pub const CAPABILITIES: &str =
-    "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}\n";
+/// "posix-acl-negotiation-mode" means `--posix-acl` takes never/auto/always. Not advertised:
+/// "migrate-precopy" (no migration) and "security-label-negotiation-mode" (no labels).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"separate-options\"\n  ]\n}\n";
 
 /// Whether the command line asks for `--print-capabilities`. Answered before anything else is
 /// parsed, because libvirt runs `vufsd --print-capabilities` with no other option at all.
@@ -163,23 +162,11 @@ pub struct VirtiofsdArgs {
     pub migration_confirm_paths: bool,
 }
 
-/// virtiofsd options that are being implemented in vufsd right now (ACLs, id mapping, sandbox
-/// and limits). Until they land they are accepted here, and ignored or refused by [`review`].
+/// virtiofsd options that are being implemented in vufsd right now (id mapping, sandbox and
+/// limits). Until they land they are accepted here, and ignored or refused by [`review`].
 /// When the real option is merged, delete its field here and its rule in `review_pending`.
 #[derive(Clone, Debug, Default, Args)]
 pub struct PendingArgs {
-    /// POSIX ACLs (not implemented yet): `--posix-acl` and `=always`/`=auto` are accepted with
-    /// a warning; the guest then sees no ACL support (setfacl fails with EOPNOTSUPP).
-    #[arg(
-        long,
-        value_enum,
-        value_name = "MODE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "always"
-    )]
-    pub posix_acl: Option<Negotiation>,
-
     /// uid translation (not implemented yet): refused when vufsd runs privileged, ignored with a
     /// warning when it runs unprivileged (it then creates every file as its own user anyway).
     #[arg(long, value_name = "MAP")]
@@ -213,10 +200,12 @@ pub struct PendingArgs {
     pub rlimit_nofile: Option<u64>,
 }
 
-/// Rewrite every `-o LIST` (also `-oLIST`, `-o=LIST`) into the long options its items name.
-/// The first element is the program name and is kept. An item vufsd cannot honour is an error
-/// whose text is the one line to show the user.
-pub fn expand_legacy(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+/// Rewrite every `-o LIST` (also `-oLIST`, `-o=LIST`) into the long options its items name,
+/// with the warnings for items vufsd accepts without acting on them. The first element is the
+/// program name and is kept. An item vufsd cannot honour is an error whose text is the one
+/// line to show the user.
+pub fn expand_legacy(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<Notice>), String> {
+    let mut notices = Vec::new();
     let mut out = Vec::with_capacity(args.len());
     let mut it = args.into_iter();
     out.extend(it.next());
@@ -237,10 +226,10 @@ pub fn expand_legacy(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
             continue;
         };
         for item in split_list(&list) {
-            out.extend(legacy_item(&item)?);
+            out.extend(legacy_item(&item, &mut notices)?);
         }
     }
-    Ok(out)
+    Ok((out, notices))
 }
 
 /// Split a `-o` list at commas; `,,` stands for a comma inside an item (libvirt escapes commas
@@ -272,7 +261,7 @@ fn split_list(list: &[u8]) -> Vec<Vec<u8>> {
 
 /// One `-o` item as the long options it means (the same spellings virtiofsd accepts, plus the
 /// lock switches libvirt writes).
-fn legacy_item(item: &[u8]) -> Result<Vec<OsString>, String> {
+fn legacy_item(item: &[u8], notices: &mut Vec<Notice>) -> Result<Vec<OsString>, String> {
     let (key, value) = match item.iter().position(|&b| b == b'=') {
         Some(i) => (&item[..i], Some(&item[i + 1..])),
         None => (item, None),
@@ -304,11 +293,15 @@ fn legacy_item(item: &[u8]) -> Result<Vec<OsString>, String> {
         ("debug", None) => long("-d"),
         // The defaults, spelled out.
         ("readdirplus" | "no_writeback" | "no_allow_direct_io", None) => Ok(vec![]),
-        ("no_flock" | "no_posix_lock", None) => Ok(vec![]),
-        ("flock" | "posix_lock", None) => Err(format!(
-            "-o {key_str} is not supported: vufsd does not pass the guest's locks to the host \
-             (they stay inside the guest); use -o no_{key_str} (libvirt: <lock posix='off' flock='off'/>)"
-        )),
+        // vufsd always serves POSIX locks and flock() with host locks.
+        ("flock" | "posix_lock", None) => Ok(vec![]),
+        ("no_flock" | "no_posix_lock", None) => {
+            notices.push(Notice::Ignored(format!(
+                "-o {key_str} is ignored: vufsd always passes the guest's locks to the host, \
+                 where other processes see them"
+            )));
+            Ok(vec![])
+        }
         _ => Err(format!(
             "-o {} is not a virtiofsd option vufsd knows: use the long options (see vufsd --help)",
             String::from_utf8_lossy(item)
@@ -437,13 +430,6 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
 fn review_pending(p: &PendingArgs, privileged: bool) -> Vec<Notice> {
     use Notice::{Ignored, Refused};
     let mut notes = Vec::new();
-    if matches!(p.posix_acl, Some(Negotiation::Auto | Negotiation::Always)) {
-        notes.push(Ignored(
-            "--posix-acl is not implemented yet: the guest gets no ACL support (setfacl fails \
-             with 'Operation not supported'); host ACLs still apply on the host"
-                .into(),
-        ));
-    }
     let maps = [
         ("--translate-uid", &p.translate_uid),
         ("--translate-gid", &p.translate_gid),
@@ -509,7 +495,7 @@ mod tests {
     }
 
     fn expand(v: &[&str]) -> Result<Vec<String>, String> {
-        expand_legacy(os(v)).map(|a| {
+        expand_legacy(os(v)).map(|(a, _)| {
             a.into_iter()
                 .map(|s| s.into_string().unwrap_or_default())
                 .collect()
@@ -565,17 +551,28 @@ mod tests {
 
     #[test]
     fn legacy_items_that_cannot_be_honoured() {
-        let e = expand(&["vufsd", "-o", "source=/x,posix_lock"]).unwrap_err();
-        assert!(e.starts_with("-o posix_lock is not supported"), "{e}");
-        let e = expand(&["vufsd", "-o", "norace"]).unwrap_err();
+        let e = expand(&["vufsd", "-o", "source=/x,norace"]).unwrap_err();
         assert!(e.starts_with("-o norace is not a virtiofsd option"), "{e}");
         assert!(expand(&["vufsd", "-o"]).is_err());
+    }
+
+    #[test]
+    fn lock_items() {
+        let (args, notices) = expand_legacy(os(&["vufsd", "-o", "posix_lock,flock"])).unwrap();
+        assert_eq!(args, os(&["vufsd"]));
+        assert!(notices.is_empty());
+        let (_, notices) = expand_legacy(os(&["vufsd", "-o", "no_posix_lock,no_flock"])).unwrap();
+        assert!(matches!(
+            notices[..],
+            [Notice::Ignored(_), Notice::Ignored(_)]
+        ));
     }
 
     #[test]
     fn capabilities_are_json_with_only_real_features() {
         assert!(CAPABILITIES.contains("\"type\": \"fs\""));
         assert!(CAPABILITIES.contains("\"separate-options\""));
+        assert!(CAPABILITIES.contains("\"posix-acl-negotiation-mode\""));
         assert!(!CAPABILITIES.contains("migrate"));
         assert!(wants_capabilities(&os(&["vufsd", "--print-capabilities"])));
         assert!(!wants_capabilities(&os(&[
@@ -627,7 +624,6 @@ mod tests {
                 "--no-announce-submounts",
                 "--no-killpriv-v2",
                 "--seccomp=none",
-                "--posix-acl=never",
                 "--security-label=never",
                 "-f",
             ],

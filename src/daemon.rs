@@ -258,13 +258,16 @@ fn give_socket_to_group(path: &Path, group: &str) -> Result<(), DaemonError> {
 const EXIT_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// Handle SIGTERM/SIGINT/SIGHUP on a thread of their own: log, clean up, exit 0.
-fn spawn_signal_thread(fs: Arc<Passthrough>, socket: Option<PathBuf>) -> Result<(), DaemonError> {
+fn spawn_signal_thread(
+    dispatcher: Arc<Dispatcher>,
+    socket: Option<PathBuf>,
+) -> Result<(), DaemonError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = sys::wait_signal(&EXIT_SIGNALS) {
                 info!("received signal {sig}, exiting");
-                log_summary(&fs);
+                log_summary(&dispatcher);
                 if let Some(p) = &socket {
                     let _ = std::fs::remove_file(p);
                 }
@@ -283,13 +286,18 @@ fn notify(state: &str) {
     }
 }
 
-fn log_summary(fs: &Passthrough) {
+fn log_summary(dispatcher: &Dispatcher) {
+    let fs = dispatcher.fs();
     let (honoured, masked, retried) = fs.noatime_counters();
     let (inodes, handles) = fs.table_sizes();
     info!(
         "O_NOATIME opens: {honoured} honoured, {masked} masked, {retried} retried; \
          {inodes} inodes and {handles} handles still held"
     );
+    let unsupported = dispatcher.unsupported_opcodes();
+    if !unsupported.is_empty() {
+        info!("FUSE opcodes answered ENOSYS (opcode x count): {unsupported:?}");
+    }
 }
 
 /// Run the daemon to completion.
@@ -308,12 +316,11 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
         Passthrough::new(&opt.shared_dir, opt.fs_config())
             .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
     );
-    spawn_signal_thread(fs.clone(), created.clone())?;
-
     let device = Arc::new(
-        FsDevice::new(Dispatcher::new(fs.clone()), opt.thread_pool_size)
+        FsDevice::new(Dispatcher::new(fs), opt.thread_pool_size)
             .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
     );
+    spawn_signal_thread(device.dispatcher().clone(), created.clone())?;
     let mut daemon = VhostUserDaemon::new(
         "vufsd".to_string(),
         device.clone(),
@@ -343,7 +350,7 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
     notify("STATUS=serving the frontend");
 
     let result = daemon.wait();
-    log_summary(&fs);
+    log_summary(device.dispatcher());
     match result {
         Ok(()) => Ok(()),
         Err(BackendError::HandleRequest(

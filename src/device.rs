@@ -42,7 +42,13 @@ pub struct FsDevice {
     /// Largest number of guest memory regions ever mapped: zero after a failed handshake
     /// means the frontend had no shareable memory to give us.
     regions_seen: AtomicUsize,
+    /// Requests currently waiting on a thread of their own (lock waits).
+    blocking: Arc<AtomicUsize>,
 }
+
+/// At most this many requests may wait at once (each holds a thread); more get ENOLCK, so a
+/// guest cannot make the daemon spawn threads without bound.
+const MAX_BLOCKING: usize = 256;
 
 impl FsDevice {
     pub fn new(dispatcher: Dispatcher, thread_pool_size: usize) -> io::Result<Self> {
@@ -56,6 +62,7 @@ impl FsDevice {
             event_idx: AtomicBool::new(false),
             pool,
             regions_seen: AtomicUsize::new(0),
+            blocking: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -108,6 +115,10 @@ impl FsDevice {
         let any = !chains.is_empty();
         for chain in chains {
             let head = chain.head_index();
+            if Dispatcher::peek_opcode(&*mem, &chain).is_some_and(crate::protocol::may_block) {
+                self.run_blocking(&atomic, vring, chain, event_idx);
+                continue;
+            }
             match &self.pool {
                 None => {
                     let len = self.dispatcher.handle_chain(&*mem, chain);
@@ -127,6 +138,48 @@ impl FsDevice {
             }
         }
         Ok(any)
+    }
+}
+
+impl FsDevice {
+    /// Serve a request that may wait indefinitely (a lock wait) on a thread of its own, so that
+    /// the request that will end the wait can still be served.
+    fn run_blocking(
+        &self,
+        atomic: &Memory,
+        vring: &Vring,
+        chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>>,
+        event_idx: bool,
+    ) {
+        let head = chain.head_index();
+        if self.blocking.fetch_add(1, Ordering::AcqRel) >= MAX_BLOCKING {
+            self.blocking.fetch_sub(1, Ordering::AcqRel);
+            warn!("too many requests waiting at once; refusing a lock wait with ENOLCK");
+            let mem = atomic.memory();
+            let len = Dispatcher::refuse(&*mem, chain, libc::ENOLCK);
+            Self::complete(&mut vring.get_mut(), head, len, event_idx);
+            return;
+        }
+        let fallback = chain.clone();
+        let dispatcher = self.dispatcher.clone();
+        let atomic2 = atomic.clone();
+        let vring2 = vring.clone();
+        let blocking = self.blocking.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vufsd-wait".into())
+            .spawn(move || {
+                let mem = atomic2.memory();
+                let len = dispatcher.handle_chain(&*mem, chain);
+                Self::complete(&mut vring2.get_mut(), head, len, event_idx);
+                blocking.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            self.blocking.fetch_sub(1, Ordering::AcqRel);
+            warn!("cannot start a thread for a lock wait ({e}); refusing it with EAGAIN");
+            let mem = atomic.memory();
+            let len = Dispatcher::refuse(&*mem, fallback, libc::EAGAIN);
+            Self::complete(&mut vring.get_mut(), head, len, event_idx);
+        }
     }
 }
 

@@ -19,8 +19,8 @@ fn main() -> ExitCode {
         print!("{}", compat::CAPABILITIES);
         return ExitCode::SUCCESS;
     }
-    let args = match compat::expand_legacy(args) {
-        Ok(args) => args,
+    let (args, legacy_notices) = match compat::expand_legacy(args) {
+        Ok(expanded) => expanded,
         Err(why) => return refuse(&why),
     };
     let opt = Opt::parse_from(args);
@@ -30,7 +30,8 @@ fn main() -> ExitCode {
         opt.log_level
     };
     vufsd::logger::init(level);
-    let notices = compat::review(&opt, compat::can_act_as_others());
+    let mut notices = compat::review(&opt, compat::can_act_as_others());
+    notices.extend(legacy_notices);
     if let Some(Notice::Refused(why)) = notices.first() {
         return refuse(why);
     }

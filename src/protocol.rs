@@ -9,12 +9,16 @@
 //!   malformed request without answering, the guest still gets EINVAL instead of waiting
 //!   forever.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::mem::size_of;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::{CopyFileRangeIn, InHeader, Opcode, OutHeader, WriteOut};
+use fuse_backend_rs::abi::fuse_abi::{
+    CopyFileRangeIn, CreateIn, EntryOut, InHeader, IoctlIn, IoctlOut, LkIn, LkOut, Opcode, OpenOut,
+    OutHeader, WriteOut, LK_FLOCK,
+};
+use fuse_backend_rs::api::filesystem::Context;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use log::{debug, warn};
@@ -22,9 +26,11 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, GuestMemory};
 
 use crate::fs::Passthrough;
+use crate::sys;
 
 /// Opcodes fuse-backend-rs 0.14 does not define.
 const FUSE_SYNCFS: u32 = 50;
+const FUSE_TMPFILE: u32 = 51;
 
 /// Requests that never get a reply.
 fn is_no_reply(opcode: u32) -> bool {
@@ -34,9 +40,17 @@ fn is_no_reply(opcode: u32) -> bool {
         || opcode == Opcode::NotifyReply as u32
 }
 
-/// Opcodes handed to fuse-backend-rs's Server.
+/// Opcodes handed to fuse-backend-rs's Server. Decoded here instead: the lock opcodes
+/// (31-33; the Server 0.14 sends SETLKW down as a non-blocking SETLK) and IOCTL (39; its
+/// reply data cannot outlive the FileSystem call in the Server's API).
 fn server_handles(opcode: u32) -> bool {
-    matches!(opcode, 1..=6 | 8..=18 | 20..=35 | 37..=40 | 42..=46)
+    matches!(opcode, 1..=6 | 8..=18 | 20..=30 | 34..=35 | 37..=38 | 40 | 42..=46)
+}
+
+/// Requests that may block for as long as another guest process pleases (a lock wait): they
+/// must not hold up the queue they came on.
+pub fn may_block(opcode: u32) -> bool {
+    opcode == Opcode::Setlkw as u32
 }
 
 pub struct Dispatcher {
@@ -54,6 +68,32 @@ impl Dispatcher {
 
     pub fn fs(&self) -> &Arc<Passthrough> {
         &self.fs
+    }
+
+    /// Answer the request in `chain` with `errno` without serving it.
+    pub fn refuse<M>(mem: &M::Target, chain: DescriptorChain<M>, errno: i32) -> u32
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+    {
+        let Ok(mut r) = Reader::from_descriptor_chain(mem, chain.clone()) else {
+            return 0;
+        };
+        let (Ok(header), Ok(w)) = (r.read_obj::<InHeader>(), VirtioFsWriter::new(mem, chain))
+        else {
+            return 0;
+        };
+        u32::try_from(reply_error(w, header.unique, errno)).unwrap_or(0)
+    }
+
+    /// The opcode of the request in `chain`, if it has a readable header.
+    pub fn peek_opcode<M>(mem: &M::Target, chain: &DescriptorChain<M>) -> Option<u32>
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+    {
+        let mut r = Reader::from_descriptor_chain(mem, chain.clone()).ok()?;
+        r.read_obj::<InHeader>().ok().map(|h| h.opcode)
     }
 
     /// Serve one descriptor chain; returns the number of bytes written into it (the used
@@ -105,6 +145,11 @@ impl Dispatcher {
         } else if is_no_reply(opcode) {
             0
         } else {
+            log::trace!(
+                "request {opcode} node {} unique {}",
+                header.nodeid,
+                header.unique
+            );
             match opcode {
                 x if x == Opcode::CopyFileRange as u32 => {
                     self.copy_file_range(&header, &mut peek, writer)
@@ -113,16 +158,134 @@ impl Dispatcher {
                     Ok(()) => reply_ok(writer, header.unique, &[]),
                     Err(e) => reply_io_error(writer, header.unique, e),
                 },
-                // Destroy and the rest the Server knows are routed above; what is left is a
-                // protocol feature we do not offer (FUSE_TMPFILE until O_TMPFILE support lands,
-                // DAX mappings, statx, ...) or not an opcode at all.
+                x if x == Opcode::Getlk as u32
+                    || x == Opcode::Setlk as u32
+                    || x == Opcode::Setlkw as u32 =>
+                {
+                    self.lock(&header, &mut peek, writer)
+                }
+                FUSE_TMPFILE => self.tmpfile(&header, &mut peek, writer),
+                x if x == Opcode::Ioctl as u32 => self.ioctl(&header, &mut peek, writer),
+                // What is left is a protocol feature we do not offer (DAX mappings, statx, ...)
+                // or not an opcode at all.
                 _ => {
-                    debug!("unsupported opcode {opcode}: ENOSYS");
+                    self.fs.note_unsupported(opcode);
                     reply_error(writer, header.unique, libc::ENOSYS)
                 }
             }
         };
         u32::try_from(written).unwrap_or(0)
+    }
+
+    /// Opcodes answered ENOSYS so far, with counts.
+    pub fn unsupported_opcodes(&self) -> Vec<(u32, u64)> {
+        self.fs.unsupported_opcodes()
+    }
+
+    fn lock<S: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        header: &InHeader,
+        r: &mut Reader<'_, S>,
+        w: VirtioFsWriter<'_, S>,
+    ) -> usize {
+        let Ok(args) = r.read_obj::<LkIn>() else {
+            return reply_error(w, header.unique, libc::EINVAL);
+        };
+        let result = if header.opcode == Opcode::Getlk as u32 {
+            self.fs
+                .do_getlk(header.nodeid, args.fh, args.owner, &args.lk)
+                .map(|lk| LkOut { lk })
+        } else {
+            self.fs
+                .do_setlk(
+                    header.nodeid,
+                    args.fh,
+                    args.owner,
+                    &args.lk,
+                    args.lk_flags & LK_FLOCK != 0,
+                    header.opcode == Opcode::Setlkw as u32,
+                )
+                .map(|()| LkOut::default())
+        };
+        match result {
+            Ok(out) if header.opcode == Opcode::Getlk as u32 => {
+                reply_ok(w, header.unique, out.as_slice())
+            }
+            Ok(_) => reply_ok(w, header.unique, &[]),
+            Err(e) => reply_io_error(w, header.unique, e),
+        }
+    }
+
+    fn ioctl<S: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        header: &InHeader,
+        r: &mut Reader<'_, S>,
+        w: VirtioFsWriter<'_, S>,
+    ) -> usize {
+        let Ok(args) = r.read_obj::<IoctlIn>() else {
+            return reply_error(w, header.unique, libc::EINVAL);
+        };
+        let out = IoctlOut::default();
+        log::trace!(
+            "ioctl node {} cmd {:#x} flags {:#x} in {} out {}",
+            header.nodeid,
+            args.cmd,
+            args.flags,
+            args.in_size,
+            args.out_size
+        );
+        let Some((_, size, getter)) = sys::inode_ioctl(args.cmd) else {
+            return reply_error(w, header.unique, libc::ENOTTY);
+        };
+        let mut arg = vec![0u8; size];
+        if !getter && ((args.in_size as usize) < size || r.read_exact(&mut arg).is_err()) {
+            return reply_error(w, header.unique, libc::EINVAL);
+        }
+        match self
+            .fs
+            .inode_ioctl(header.nodeid, args.fh, args.cmd, &mut arg)
+        {
+            Ok(()) => {
+                let mut body = out.as_slice().to_vec();
+                if getter {
+                    // No more than the guest's buffer holds.
+                    body.extend_from_slice(&arg[..size.min(args.out_size as usize)]);
+                }
+                reply_ok(w, header.unique, &body)
+            }
+            Err(e) => reply_io_error(w, header.unique, e),
+        }
+    }
+
+    fn tmpfile<S: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        header: &InHeader,
+        r: &mut Reader<'_, S>,
+        w: VirtioFsWriter<'_, S>,
+    ) -> usize {
+        let Ok(args) = r.read_obj::<CreateIn>() else {
+            return reply_error(w, header.unique, libc::EINVAL);
+        };
+        let ctx = Context {
+            uid: header.uid,
+            gid: header.gid,
+            pid: header.pid as i32,
+        };
+        match self.fs.tmpfile(&ctx, header.nodeid, &args) {
+            Ok((entry, fh, opts)) => {
+                let entry = EntryOut::from(entry);
+                let open = OpenOut {
+                    fh,
+                    open_flags: opts.bits(),
+                    passthrough: 0,
+                };
+                let mut body = Vec::with_capacity(size_of::<EntryOut>() + size_of::<OpenOut>());
+                body.extend_from_slice(entry.as_slice());
+                body.extend_from_slice(open.as_slice());
+                reply_ok(w, header.unique, &body)
+            }
+            Err(e) => reply_io_error(w, header.unique, e),
+        }
     }
 
     fn copy_file_range<S: vm_memory::bitmap::BitmapSlice>(
@@ -214,10 +377,26 @@ mod tests {
     #[test]
     fn opcode_routing_covers_the_protocol() {
         // Gaps in the FUSE opcode space (7, 19) and unknown/new opcodes never reach the Server.
-        for op in [0, 7, 19, 47, 48, 49, 50, 51, 52, 4096, u32::MAX] {
+        for op in [
+            0,
+            7,
+            19,
+            31,
+            32,
+            33,
+            39,
+            47,
+            48,
+            49,
+            50,
+            51,
+            52,
+            4096,
+            u32::MAX,
+        ] {
             assert!(!server_handles(op), "opcode {op}");
         }
-        for op in [1, 3, 14, 15, 16, 26, 38, 44, 46] {
+        for op in [1, 3, 14, 15, 16, 26, 38, 40, 44, 46] {
             assert!(server_handles(op), "opcode {op}");
         }
         assert!(!server_handles(Opcode::Interrupt as u32));

@@ -295,6 +295,41 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> io::Result<usize> 
     check_size(unsafe { libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) })
 }
 
+/// The inode-attribute ioctls vufsd passes through (lsattr/chattr, xfs_io's fsxattr), with
+/// the size of the argument each reads or writes. Only these reach the host: an ioctl's
+/// argument layout is per command, so an unknown one cannot be forwarded safely.
+pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+pub const FS_IOC32_GETFLAGS: u32 = 0x8004_6601;
+pub const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+
+/// (command as the host wants it, argument size, whether the kernel writes the argument).
+pub fn inode_ioctl(cmd: u32) -> Option<(u32, usize, bool)> {
+    match cmd {
+        // The flags argument is an int, whatever the command's size field says.
+        FS_IOC_GETFLAGS | FS_IOC32_GETFLAGS => Some((FS_IOC_GETFLAGS, 4, true)),
+        FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS => Some((FS_IOC_SETFLAGS, 4, false)),
+        FS_IOC_FSGETXATTR => Some((FS_IOC_FSGETXATTR, 28, true)),
+        FS_IOC_FSSETXATTR => Some((FS_IOC_FSSETXATTR, 28, false)),
+        _ => None,
+    }
+}
+
+/// Run one of the [`inode_ioctl`] commands on `fd` with `arg` as its argument buffer.
+pub fn run_inode_ioctl(fd: BorrowedFd<'_>, cmd: u32, arg: &mut [u8]) -> io::Result<()> {
+    let (host_cmd, size, _) =
+        inode_ioctl(cmd).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTTY))?;
+    if arg.len() < size {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `host_cmd` is one of the commands above, each of which reads or writes exactly
+    // `size` bytes at the pointer, and `arg` is at least that long.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), host_cmd as libc::c_ulong, arg.as_mut_ptr()) })
+        .map(drop)
+}
+
 // --- extended attributes -----------------------------------------------------------------------
 
 /// `getxattr(2)` on a path (callers pass `/proc/self/fd/N` for an O_PATH fd).
@@ -359,8 +394,15 @@ pub fn getegid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// Give the calling thread its own fs_struct (root, cwd, umask), `unshare(CLONE_FS)`.
+pub fn unshare_fs() -> io::Result<()> {
+    // SAFETY: plain syscall; CLONE_FS may be unshared by one thread of a multi-threaded process.
+    check(unsafe { libc::unshare(libc::CLONE_FS) }).map(drop)
+}
+
 pub fn umask(mask: u32) -> u32 {
-    // SAFETY: always succeeds; process-wide, only called at start-up.
+    // SAFETY: always succeeds. Affects the calling thread's fs_struct (shared by all threads
+    // unless the thread unshared it).
     unsafe { libc::umask(mask) }
 }
 

@@ -67,24 +67,24 @@ const CASES: &[Case] = &[
         Accept(&[]),
     ),
     case(
-        "libvirt -o, locks off, debug",
+        "libvirt -o, <lock posix='off' flock='off'/>, debug",
         &[
             "--fd={fd}",
             "-o",
             "source={share},no_xattr,no_flock,no_posix_lock",
             "-d",
         ],
-        Accept(&[]),
+        Accept(&["-o no_flock is ignored", "-o no_posix_lock is ignored"]),
     ),
     case(
-        "libvirt -o, <lock posix='on'/>",
+        "libvirt -o, <lock posix='on' flock='on'/>, posix_acl",
         &[
             "--fd={fd}",
             "-o",
-            "source={share},xattr,posix_lock",
+            "source={share},xattr,posix_lock,flock,posix_acl",
             "--thread-pool-size=1",
         ],
-        Refuse(&["-o posix_lock", "no_posix_lock"]),
+        Accept(&[]),
     ),
     case(
         "libvirt -o, <sandbox mode='chroot'/>",
@@ -158,11 +158,7 @@ const CASES: &[Case] = &[
             "--inode-file-handles=prefer",
             "--readonly",
         ],
-        Accept(&[
-            "--rlimit-nofile",
-            "--posix-acl",
-            "--inode-file-handles=prefer",
-        ]),
+        Accept(&["--rlimit-nofile", "--inode-file-handles=prefer"]),
     ),
     Case {
         source: "microvm.nix, unprivileged, crosvm tag",
@@ -535,7 +531,10 @@ fn print_capabilities_is_what_libvirt_reads() {
     assert!(out.status.success());
     let caps: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     assert_eq!(caps["type"], "fs");
-    assert_eq!(caps["features"], serde_json::json!(["separate-options"]));
+    assert_eq!(
+        caps["features"],
+        serde_json::json!(["posix-acl-negotiation-mode", "separate-options"])
+    );
     assert!(out.stderr.is_empty());
 }
 
@@ -571,7 +570,7 @@ fn libvirt_style_invocation_serves_a_guest() {
         &[
             "--fd={fd}",
             "-o",
-            "source={share},cache=always,xattr,no_posix_lock",
+            "source={share},cache=always,xattr,posix_lock",
             "--thread-pool-size=2",
         ],
         Accept(&[]),

@@ -1,1 +1,194 @@
-fn main() {}
+//! `vufsd-bench`: load generator for vhost-user-fs daemons.
+//!
+//! ```text
+//! vufsd-bench prepare DIR
+//! vufsd-bench --socket S --workload NAME[,NAME...|all] [--depth N] [--queues Q]
+//!             [--duration SECS | --ops N] [--dir RELPATH] [--json]
+//! vufsd-bench --floor --dir HOSTDIR --workload NAME [--depth N] [--duration SECS | --ops N]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vufsd_bench::workload::{self, RunConfig, Workload};
+use vufsd_bench::{floor, prepare, Device, DeviceConfig, FuseClient, Summary};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vufsd-bench",
+    version,
+    about = "Drive a vhost-user-fs daemon's socket like QEMU + Linux virtiofs, without a guest",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
+    /// The daemon's vhost-user socket.
+    #[arg(long, required_unless_present_any = ["floor"])]
+    socket: Option<PathBuf>,
+
+    /// Workload(s): comma-separated names, or `all`. One of: lookup-getattr, readdirplus,
+    /// create-unlink, open-read-4k, seq-read-1m, seq-write-1m, rand-read-4k, store-walk.
+    #[arg(long, default_value = "lookup-getattr")]
+    workload: String,
+
+    /// Requests in flight in total (floor: threads).
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+
+    /// Request queues, one thread each.
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+
+    /// Seconds per workload (default 10 unless --ops is given).
+    #[arg(long, conflicts_with = "ops")]
+    duration: Option<f64>,
+
+    /// Ops per workload.
+    #[arg(long)]
+    ops: Option<u64>,
+
+    /// Where the prepared tree is: relative to the shared root with a daemon, a host path
+    /// with --floor.
+    #[arg(long, default_value = "")]
+    dir: String,
+
+    /// Run the workload's host syscalls directly on --dir, with no daemon.
+    #[arg(long)]
+    floor: bool,
+
+    /// One JSON object per workload on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+
+    /// Virtqueue size.
+    #[arg(long, default_value_t = 1024)]
+    queue_size: u16,
+
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+
+    /// Timeout in seconds for every vhost-user and FUSE request.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+
+    /// Do not negotiate VIRTIO_RING_F_EVENT_IDX.
+    #[arg(long)]
+    no_event_idx: bool,
+
+    /// Do not negotiate VIRTIO_RING_F_INDIRECT_DESC.
+    #[arg(long)]
+    no_indirect: bool,
+
+    /// Use SET_MEM_TABLE even if the daemon offers CONFIGURE_MEM_SLOTS.
+    #[arg(long)]
+    no_mem_slots: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create the benchmark trees in DIR (idempotent): dir1000/, big1g, store/, scratch/.
+    Prepare {
+        /// Directory to fill (usually the daemon's shared directory or a subdirectory).
+        dir: PathBuf,
+    },
+}
+
+fn workloads(spec: &str) -> Result<Vec<Workload>, String> {
+    if spec == "all" {
+        return Ok(Workload::ALL.to_vec());
+    }
+    spec.split(',')
+        .map(|s| {
+            Workload::parse(s.trim()).ok_or_else(|| {
+                let names: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
+                format!("unknown workload {s:?}; known: {}", names.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn report(s: &Summary, json: bool) {
+    if json {
+        println!("{}", s.json());
+    } else {
+        println!("{}", s.human());
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    if let Some(Cmd::Prepare { dir }) = &cli.command {
+        let r = prepare::prepare(dir).map_err(|e| e.to_string())?;
+        eprintln!(
+            "prepared {}: created [{}], already there [{}]",
+            dir.display(),
+            r.created.join(", "),
+            r.skipped.join(", ")
+        );
+        return Ok(());
+    }
+    let list = workloads(&cli.workload)?;
+    let duration = match (cli.duration, cli.ops) {
+        (Some(d), _) => Some(Duration::from_secs_f64(d)),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let mk = |w| RunConfig {
+        workload: w,
+        depth: cli.depth,
+        queues: cli.queues,
+        duration,
+        ops: cli.ops,
+    };
+    if cli.floor {
+        let root = PathBuf::from(&cli.dir);
+        for w in list {
+            let s = floor::run(&root, &mk(w)).map_err(|e| format!("{}: {e}", w.name()))?;
+            report(&s, cli.json);
+        }
+        return Ok(());
+    }
+    let socket = cli.socket.clone().ok_or("--socket is required")?;
+    let mut cfg = DeviceConfig::new(socket);
+    cfg.request_queues = cli.queues;
+    cfg.queue_size = cli.queue_size;
+    cfg.memory_size = cli.memory_mib << 20;
+    cfg.timeout = Duration::from_secs_f64(cli.timeout);
+    cfg.features.event_idx = !cli.no_event_idx;
+    cfg.features.indirect_desc = !cli.no_indirect;
+    cfg.features.mem_slots = !cli.no_mem_slots;
+    let dev = Arc::new(Device::connect(cfg).map_err(|e| format!("vhost-user handshake: {e}"))?);
+    let init = FuseClient::new(Arc::clone(&dev))
+        .init()
+        .map_err(|e| format!("FUSE_INIT: {e}"))?;
+    if !cli.json {
+        eprintln!(
+            "connected: features {:#x}, protocol features {:#x}, FUSE {}.{}, max_write {}",
+            dev.negotiated().acked_features,
+            dev.negotiated().acked_protocol_features,
+            init.major,
+            init.minor,
+            init.max_write
+        );
+    }
+    for w in list {
+        let s = workload::run(&dev, &cli.dir, &mk(w)).map_err(|e| format!("{}: {e}", w.name()))?;
+        report(&s, cli.json);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vufsd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

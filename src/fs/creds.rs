@@ -36,3 +36,28 @@ impl Drop for AsCaller {
         }
     }
 }
+
+thread_local! {
+    /// Whether this thread has its own fs_struct (and so its own umask).
+    static OWN_FS_STRUCT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with this thread's umask set to `mask`, then restore 0.
+///
+/// With POSIX ACLs the guest sends the caller's umask instead of applying it, because only the
+/// host can tell whether the parent directory's default ACL replaces it. The umask is part of
+/// the fs_struct, which threads share; each worker unshares its own on first use so that one
+/// request's umask cannot leak into another's.
+pub fn with_thread_umask<R>(
+    mask: u32,
+    f: impl FnOnce() -> std::io::Result<R>,
+) -> std::io::Result<R> {
+    if !OWN_FS_STRUCT.get() {
+        sys::unshare_fs()?;
+        OWN_FS_STRUCT.set(true);
+    }
+    sys::umask(mask & 0o777);
+    let result = f();
+    sys::umask(0);
+    result
+}

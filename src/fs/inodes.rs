@@ -152,15 +152,15 @@ impl InodeStore {
         inode.refcount.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Drop `count` guest references. Unknown ids and over-forgetting are ignored: FORGET has no
-    /// reply, so there is nobody to tell.
-    pub fn forget(&self, id: u64, count: u64) {
+    /// Drop `count` guest references; returns whether the inode left the table. Unknown ids and
+    /// over-forgetting are ignored: FORGET has no reply, so there is nobody to tell.
+    pub fn forget(&self, id: u64, count: u64) -> bool {
         let reached_zero = {
             let Ok(tables) = self.tables.read() else {
-                return;
+                return false;
             };
             let Some(inode) = tables.by_id.get(&id) else {
-                return;
+                return false;
             };
             let mut cur = inode.refcount.load(Ordering::Relaxed);
             loop {
@@ -177,23 +177,25 @@ impl InodeStore {
             }
         };
         if !reached_zero || id == ROOT_ID {
-            return;
+            return false;
         }
         let Ok(mut tables) = self.tables.write() else {
-            return;
+            return false;
         };
         // A lookup may have revived it while no lock was held; only remove it if still unused.
         let still_unused = tables
             .by_id
             .get(&id)
             .is_some_and(|i| i.refcount.load(Ordering::Acquire) == 0);
-        if still_unused {
-            if let Some(inode) = tables.by_id.remove(&id) {
-                if tables.by_key.get(&inode.key) == Some(&id) {
-                    tables.by_key.remove(&inode.key);
-                }
+        if !still_unused {
+            return false;
+        }
+        if let Some(inode) = tables.by_id.remove(&id) {
+            if tables.by_key.get(&inode.key) == Some(&id) {
+                tables.by_key.remove(&inode.key);
             }
         }
+        true
     }
 
     /// Number of inodes held (the root included).

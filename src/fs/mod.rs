@@ -10,6 +10,7 @@ mod creds;
 mod dir;
 mod handles;
 pub mod inodes;
+mod locks;
 pub mod open_flags;
 mod xattr;
 
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, Opcode, OpenOptions};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, SetattrValid,
     ZeroCopyReader, ZeroCopyWriter,
@@ -85,6 +86,9 @@ pub struct Config {
     pub readdirplus: bool,
     pub allow_direct_io: bool,
     pub noatime: NoatimePolicy,
+    /// Serve POSIX ACLs (implies xattrs): the guest checks permissions with them and leaves the
+    /// umask to us, since only the host knows whether a default ACL replaces it.
+    pub posix_acl: bool,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             readdirplus: true,
             allow_direct_io: false,
             noatime: NoatimePolicy::Auto,
+            posix_acl: false,
         }
     }
 }
@@ -113,7 +118,12 @@ pub struct Passthrough {
     can_switch_creds: bool,
     /// Set by FUSE_INIT when the guest accepted the writeback cache.
     writeback: AtomicBool,
+    /// Set by FUSE_INIT when the guest accepted POSIX ACLs (and so sends unmasked modes).
+    acl_negotiated: AtomicBool,
     counters: NoatimeCounters,
+    locks: locks::LockTable,
+    /// FUSE opcodes answered ENOSYS, with counts, for the exit summary.
+    unsupported: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 fn err(errno: i32) -> io::Error {
@@ -174,13 +184,41 @@ impl Passthrough {
             creds,
             can_switch_creds: euid == 0,
             writeback: AtomicBool::new(false),
+            acl_negotiated: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
+            locks: locks::LockTable::default(),
+            unsupported: Default::default(),
         })
     }
 
     /// O_NOATIME decisions so far: (honoured, masked, retried).
     pub fn noatime_counters(&self) -> (u64, u64, u64) {
         self.counters.snapshot()
+    }
+
+    /// Remember an opcode answered ENOSYS (logged the first time: a guest feature we do not
+    /// serve is worth knowing about).
+    pub fn note_unsupported(&self, opcode: u32) {
+        let Ok(mut seen) = self.unsupported.lock() else {
+            return;
+        };
+        let count = seen.entry(opcode).or_insert(0);
+        if *count == 0 {
+            if (Opcode::Setxattr as u32..=Opcode::Removexattr as u32).contains(&opcode) {
+                info!("the guest asked for extended attributes, which are off (--xattr serves them): ENOSYS");
+            } else {
+                info!("the guest sent FUSE opcode {opcode}, which vufsd does not serve: ENOSYS");
+            }
+        }
+        *count += 1;
+    }
+
+    /// Opcodes answered ENOSYS so far, with counts.
+    pub fn unsupported_opcodes(&self) -> Vec<(u32, u64)> {
+        self.unsupported
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
     }
 
     /// Inodes and handles currently held, for diagnostics.
@@ -205,6 +243,16 @@ impl Passthrough {
 
     fn as_caller(&self, ctx: &Context) -> AsCaller {
         AsCaller::new(self.can_switch_creds, ctx.uid, ctx.gid)
+    }
+
+    /// Run a creating syscall under the guest caller's umask when the guest left it to us
+    /// (POSIX ACLs negotiated); otherwise the mode arrives already masked.
+    fn with_umask<R>(&self, umask: u32, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        if self.acl_negotiated.load(Ordering::Relaxed) {
+            creds::with_thread_umask(umask, f)
+        } else {
+            f()
+        }
     }
 
     /// A real fd for the inode behind an O_PATH fd, opened with `flags`.
@@ -420,6 +468,52 @@ impl Passthrough {
         sys::copy_file_range(hin.fd(), off_in, hout.fd(), off_out, len, 0)
     }
 
+    /// FUSE_TMPFILE: an unnamed regular file in `parent` (O_TMPFILE), opened for the guest.
+    pub fn tmpfile(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        args: &CreateIn,
+    ) -> io::Result<(Entry, u64, OpenOptions)> {
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        let mut flags =
+            open_flags::file_open_flags(args.flags, self.open_rules()) & !libc::O_NOATIME;
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            // O_TMPFILE requires write access.
+            flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        let fd = {
+            let _as = self.as_caller(ctx);
+            self.with_umask(args.umask, || {
+                sys::openat(
+                    parent.fd(),
+                    c".",
+                    flags | libc::O_TMPFILE,
+                    args.mode & 0o7777,
+                )
+            })?
+        };
+        let path_fd = self.reopen(fd.as_fd(), libc::O_PATH)?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        let inode = self.inodes.add_ref(path_fd, &st)?;
+        let fh = self
+            .handles
+            .insert(HandleData::new(inode.id, fd, false, false))?;
+        Ok((self.entry(&inode, st), fh, self.open_options()))
+    }
+
+    /// FUSE_IOCTL for the inode-attribute ioctls (see [`sys::inode_ioctl`]); `arg` holds the
+    /// argument in and, for the getters, the result out.
+    pub fn inode_ioctl(&self, inode: u64, handle: u64, cmd: u32, arg: &mut [u8]) -> io::Result<()> {
+        let (_, _, getter) = sys::inode_ioctl(cmd).ok_or_else(|| err(libc::ENOTTY))?;
+        if !getter {
+            self.check_writable()?;
+        }
+        let h = self.handles.get(handle, inode)?;
+        sys::run_inode_ioctl(h.fd(), cmd, arg)
+    }
+
     /// FUSE_SYNCFS.
     pub fn syncfs(&self, inode: u64) -> io::Result<()> {
         let inode = self.inodes.get(inode)?;
@@ -438,17 +532,29 @@ impl FileSystem for Passthrough {
             | FsOptions::MAX_PAGES
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::ATOMIC_O_TRUNC
-            | FsOptions::AUTO_INVAL_DATA;
+            | FsOptions::AUTO_INVAL_DATA
+            | FsOptions::POSIX_LOCKS
+            | FsOptions::FLOCK_LOCKS;
         if self.cfg.readdirplus {
             want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
         }
         if self.cfg.writeback && !self.cfg.readonly {
             want |= FsOptions::WRITEBACK_CACHE;
         }
+        if self.cfg.posix_acl {
+            want |= FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
+            if !capable.contains(FsOptions::POSIX_ACL) {
+                log::warn!("--posix-acl: the guest kernel does not support FUSE POSIX ACLs");
+            }
+        }
         // Never PERFILE_DAX: there is no DAX window.
         let enabled = capable & want;
         self.writeback.store(
             enabled.contains(FsOptions::WRITEBACK_CACHE),
+            Ordering::Relaxed,
+        );
+        self.acl_negotiated.store(
+            enabled.contains(FsOptions::POSIX_ACL | FsOptions::DONT_MASK),
             Ordering::Relaxed,
         );
         info!("guest connected; FUSE options {enabled:?}");
@@ -467,12 +573,14 @@ impl FileSystem for Passthrough {
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
-        self.inodes.forget(inode, count);
+        if self.inodes.forget(inode, count) {
+            self.forget_locks(inode);
+        }
     }
 
-    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
         for (inode, count) in requests {
-            self.inodes.forget(inode, count);
+            self.forget(ctx, inode, count);
         }
     }
 
@@ -538,14 +646,16 @@ impl FileSystem for Passthrough {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
         check_name(name)?;
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
         {
             let _as = self.as_caller(ctx);
-            sys::mknodat(parent.fd(), name, mode, u64::from(rdev))?;
+            self.with_umask(umask, || {
+                sys::mknodat(parent.fd(), name, mode, u64::from(rdev))
+            })?;
         }
         self.created_entry(&parent, name)
     }
@@ -556,14 +666,14 @@ impl FileSystem for Passthrough {
         parent: u64,
         name: &CStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
         check_name(name)?;
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
         {
             let _as = self.as_caller(ctx);
-            sys::mkdirat(parent.fd(), name, mode & 0o7777)?;
+            self.with_umask(umask, || sys::mkdirat(parent.fd(), name, mode & 0o7777))?;
         }
         self.created_entry(&parent, name)
     }
@@ -662,7 +772,9 @@ impl FileSystem for Passthrough {
         }
         let create = |flags: i32| {
             let _as = self.as_caller(ctx);
-            sys::openat(parent.fd(), name, flags, args.mode & 0o7777)
+            self.with_umask(args.umask, || {
+                sys::openat(parent.fd(), name, flags, args.mode & 0o7777)
+            })
         };
         let fd = match create(flags) {
             Err(e) if open_flags::retry_without_noatime(self.cfg.noatime, flags, &e) => {
@@ -759,9 +871,11 @@ impl FileSystem for Passthrough {
         Ok(done)
     }
 
-    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
-        // Nothing is buffered in the daemon; only check the handle is real.
-        self.handles.get(handle, inode).map(drop)
+    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        // Nothing is buffered in the daemon. A close releases the closing owner's POSIX locks.
+        self.handles.get(handle, inode)?;
+        self.release_owner_locks(inode, lock_owner);
+        Ok(())
     }
 
     fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
@@ -809,7 +923,7 @@ impl FileSystem for Passthrough {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Setxattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
         xattr::set(inode.fd(), name, value, flags)
@@ -822,19 +936,19 @@ impl FileSystem for Passthrough {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Getxattr)?;
         let inode = self.inodes.get(inode)?;
         xattr::get(inode.fd(), name, size)
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Listxattr)?;
         let inode = self.inodes.get(inode)?;
         xattr::list(inode.fd(), size)
     }
 
     fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        self.xattr_enabled()?;
+        self.xattr_enabled(Opcode::Removexattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
         xattr::remove(inode.fd(), name)
@@ -938,6 +1052,26 @@ impl FileSystem for Passthrough {
         attr::check_access(&st, ctx.uid, ctx.gid, mask)
     }
 
+    fn bmap(&self, _ctx: &Context, _inode: u64, _block: u64, _blocksize: u32) -> io::Result<u64> {
+        // Block mapping is for fuseblk filesystems; a virtiofs guest never needs it.
+        self.note_unsupported(Opcode::Bmap as u32);
+        Err(err(libc::ENOSYS))
+    }
+
+    fn poll(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _handle: u64,
+        _khandle: u64,
+        _flags: u32,
+        _events: u32,
+    ) -> io::Result<u32> {
+        // Regular files are always ready; ENOSYS tells the guest so once and for all.
+        self.note_unsupported(Opcode::Poll as u32);
+        Err(err(libc::ENOSYS))
+    }
+
     fn lseek(
         &self,
         _ctx: &Context,
@@ -957,11 +1091,12 @@ impl FileSystem for Passthrough {
 }
 
 impl Passthrough {
-    fn xattr_enabled(&self) -> io::Result<()> {
-        if self.cfg.xattr {
+    fn xattr_enabled(&self, opcode: Opcode) -> io::Result<()> {
+        if self.cfg.xattr || self.cfg.posix_acl {
             Ok(())
         } else {
             // ENOSYS makes the guest stop asking.
+            self.note_unsupported(opcode as u32);
             Err(err(libc::ENOSYS))
         }
     }

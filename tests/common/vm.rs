@@ -98,6 +98,18 @@ impl VmConfig {
         cfg
     }
 
+    /// A second virtio-fs device served by `daemon`, with `tag`; the guest mounts it itself.
+    pub fn with_extra_daemon(mut self, daemon: &Daemon, tag: &str) -> VmConfig {
+        let id = format!("vfsx{}", self.qemu_args.len());
+        self.qemu_args.extend([
+            "-chardev".to_string(),
+            format!("socket,id={id},path={}", daemon.socket().display()),
+            "-device".to_string(),
+            format!("vhost-user-fs-pci,chardev={id},tag={tag},queue-size=1024"),
+        ]);
+        self
+    }
+
     pub fn request_queues(mut self, n: u32) -> VmConfig {
         self.fs_mut().num_request_queues = n;
         self

@@ -1,0 +1,514 @@
+//! Hostile input at the protocol level, no guest needed: vufsd-bench plays a misbehaving guest
+//! driver against the vufsd built here. Every case must end in an error reply or a dropped
+//! request, never a crash, a hang, or a touched file outside the share.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vufsd_bench::fuse_abi::{opcode, to_bytes, InHeader, FUSE_ROOT_ID};
+use vufsd_bench::virtqueue::{RawDesc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vufsd_bench::{
+    Chain, ChainMode, DaemonProcess, Device, DeviceConfig, FuseClient, FuseRequest, Segment,
+    TempDir,
+};
+
+const MEM: u64 = 64 << 20;
+
+struct Env {
+    // Drop order: client, then daemon, then the directory.
+    client: FuseClient,
+    daemon: DaemonProcess,
+    dir: TempDir,
+}
+
+impl Env {
+    fn share(&self) -> PathBuf {
+        self.dir.path().join("share")
+    }
+
+    fn canary(&self) -> PathBuf {
+        self.dir.path().join("canary")
+    }
+
+    /// The daemon still serves: a fresh GETATTR of the root works.
+    fn assert_alive(&self, what: &str) {
+        assert!(
+            self.client.is_alive(),
+            "vufsd stopped serving after {what}\n{}",
+            self.daemon.log()
+        );
+    }
+}
+
+fn start(extra: &[&str]) -> Env {
+    let dir = TempDir::new("vufsd-protocol").unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), b"hello").unwrap();
+    std::fs::create_dir(share.join("sub")).unwrap();
+    // Beside the share, never to be read or written through it.
+    std::fs::create_dir(dir.path().join("canary")).unwrap();
+    std::fs::write(dir.path().join("canary/secret"), b"CANARY").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("canary/secret"), share.join("abs-escape")).unwrap();
+    std::os::unix::fs::symlink("../canary/secret", share.join("rel-escape")).unwrap();
+    let sock = dir.path().join("vufsd.sock");
+    let mut args: Vec<std::ffi::OsString> = vec!["--sandbox".into(), "none".into()];
+    args.extend(extra.iter().map(Into::into));
+    let daemon = DaemonProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_vufsd")),
+        &share,
+        &sock,
+        &args,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut config = DeviceConfig::new(&sock);
+    config.memory_size = MEM;
+    config.timeout = Duration::from_secs(3);
+    let dev = Device::connect(config)
+        .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", daemon.log()));
+    let client = FuseClient::new(Arc::new(dev));
+    client.init().unwrap();
+    Env {
+        client,
+        daemon,
+        dir,
+    }
+}
+
+fn hdr(op: u32, len: u32, nodeid: u64) -> InHeader {
+    InHeader {
+        len,
+        opcode: op,
+        unique: 4242,
+        nodeid,
+        ..Default::default()
+    }
+}
+
+fn errno_of<T: std::fmt::Debug>(r: vufsd_bench::Result<T>) -> Option<i32> {
+    match r {
+        Err(e) => e.errno(),
+        Ok(v) => panic!("expected an error reply, got {v:?}"),
+    }
+}
+
+/// The errno in a raw reply (the out header's error field, negated).
+fn raw_errno(written: &[u8]) -> i32 {
+    assert!(
+        written.len() >= 16,
+        "reply shorter than a header: {written:?}"
+    );
+    -i32::from_ne_bytes(written[4..8].try_into().unwrap())
+}
+
+#[test]
+fn malformed_chains_are_answered_or_dropped_and_the_daemon_lives_on() {
+    let env = start(&[]);
+    let cases: Vec<(&str, Chain)> = vec![
+        (
+            "truncated in_header",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::GETATTR, 40, 1))[..20].to_vec()),
+                Segment::Out(256),
+            ]),
+        ),
+        (
+            "in_header.len larger than the chain",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::LOOKUP, 4000, 1))),
+                Segment::In(b"hello.txt\0".to_vec()),
+                Segment::Out(16 + 128),
+            ]),
+        ),
+        (
+            "in_header.len smaller than the header",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::LOOKUP, 3, 1))),
+                Segment::In(b"hello.txt\0".to_vec()),
+                Segment::Out(16 + 128),
+            ]),
+        ),
+        (
+            "in_header.len of 4 GiB",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::WRITE, u32::MAX, 1))),
+                Segment::Out(64),
+            ]),
+        ),
+        (
+            "no writable buffer",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::GETATTR, 56, 1))),
+                Segment::In(vec![0; 16]),
+            ]),
+        ),
+        (
+            "reply buffer smaller than a header",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::GETATTR, 56, 1))),
+                Segment::In(vec![0; 16]),
+                Segment::Out(8),
+            ]),
+        ),
+        (
+            "writable before readable",
+            Chain::new(vec![
+                Segment::Out(16 + 104),
+                Segment::In(to_bytes(&hdr(opcode::GETATTR, 56, 1))),
+                Segment::In(vec![0; 16]),
+            ]),
+        ),
+        (
+            "readable buffer past the end of guest memory",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::GETATTR, 56, 1))),
+                Segment::InAt {
+                    addr: MEM - 8,
+                    len: 16,
+                },
+                Segment::Out(16 + 104),
+            ]),
+        ),
+        (
+            "writable buffer at an address that is not guest memory",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::GETATTR, 56, 1))),
+                Segment::In(vec![0; 16]),
+                Segment::OutAt {
+                    addr: 1 << 40,
+                    len: 4096,
+                },
+            ]),
+        ),
+        (
+            "readdir asking for 4 GiB into a small buffer",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::READDIR, 80, 1))),
+                Segment::In({
+                    // fuse_read_in: fh, offset, size=u32::MAX, ...
+                    let mut v = vec![0u8; 40];
+                    v[16..20].copy_from_slice(&u32::MAX.to_ne_bytes());
+                    v
+                }),
+                Segment::Out(4096),
+            ]),
+        ),
+        (
+            "setxattr whose size field lies",
+            Chain::new(vec![
+                Segment::In(to_bytes(&hdr(opcode::SETXATTR, 40 + 8 + 8, 1))),
+                Segment::In({
+                    let mut v = vec![0u8; 8];
+                    v[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+                    v
+                }),
+                Segment::In(b"user.x\0y".to_vec()),
+                Segment::Out(16),
+            ]),
+        ),
+    ];
+    for (name, chain) in cases {
+        for mode in [ChainMode::Direct, ChainMode::Indirect] {
+            let mut ch = chain.clone();
+            ch.mode = Some(mode);
+            // An error reply or a dropped request (timeout): both are fine, a dead daemon is not.
+            let outcome = env.client.raw(1, &ch);
+            // Out-of-order descriptors are against the virtio spec but unambiguous: serving
+            // the request, as upstream virtiofsd also does, is as good as refusing it.
+            let lenient = name == "writable before readable";
+            if let Ok(c) = &outcome {
+                if c.used_len >= 16 && !lenient {
+                    let errno = raw_errno(&c.written);
+                    assert!(errno > 0, "{name}: a malformed request succeeded: {c:?}");
+                }
+            }
+            env.assert_alive(name);
+        }
+    }
+    // A descriptor chain that loops back on itself.
+    let mem = env.client.device().memory().clone();
+    let b = mem.alloc(4096, 4096).unwrap();
+    b.write_at(0, &to_bytes(&hdr(opcode::GETATTR, 56, 1)))
+        .unwrap();
+    let descs = [
+        RawDesc {
+            addr: b.gpa(),
+            len: 40,
+            flags: VRING_DESC_F_NEXT,
+            next: 1,
+        },
+        RawDesc {
+            addr: b.gpa() + 64,
+            len: 16,
+            flags: VRING_DESC_F_NEXT,
+            next: 0,
+        },
+        RawDesc {
+            addr: b.gpa() + 1024,
+            len: 200,
+            flags: VRING_DESC_F_WRITE,
+            next: 0,
+        },
+    ];
+    let _ = env.client.raw_descs(1, &descs, ChainMode::Direct);
+    env.assert_alive("a looping descriptor chain");
+    // And normal service continues.
+    let e = env.client.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    assert_eq!(
+        env.client
+            .read(
+                e.nodeid,
+                env.client.open(e.nodeid, libc::O_RDONLY).unwrap().fh,
+                0,
+                64
+            )
+            .unwrap(),
+        b"hello"
+    );
+}
+
+#[test]
+fn unknown_opcodes_get_enosys() {
+    let env = start(&[]);
+    for op in [0u32, 7, 19, 48, 49, 52, 99, 4096, u32::MAX] {
+        let chain = Chain::new(vec![
+            Segment::In(to_bytes(&hdr(op, 40, 1))),
+            Segment::Out(16),
+        ]);
+        let c = env.client.raw(1, &chain).unwrap();
+        assert_eq!(c.used_len, 16, "opcode {op}");
+        assert_eq!(raw_errno(&c.written), libc::ENOSYS, "opcode {op}");
+    }
+    env.assert_alive("unknown opcodes");
+}
+
+#[test]
+fn stale_and_forgotten_node_ids_and_handles() {
+    let env = start(&[]);
+    let c = &env.client;
+    // Forgetting what was never looked up, the root, or far too much: no reply, no harm.
+    c.forget(999_999, 1).unwrap();
+    c.forget(FUSE_ROOT_ID, u64::MAX).unwrap();
+    c.batch_forget(&[(12345, 1), (FUSE_ROOT_ID, 7), (u64::MAX, u64::MAX)])
+        .unwrap();
+    env.assert_alive("forgets of unknown nodes");
+    assert!(
+        c.getattr(FUSE_ROOT_ID).is_ok(),
+        "the root survives any forget"
+    );
+
+    let e = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    c.forget(e.nodeid, 1).unwrap();
+    // Give the FORGET (on the high-priority queue) time to land before the next request.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        errno_of(c.getattr(e.nodeid)),
+        Some(libc::EBADF),
+        "request after FORGET"
+    );
+    assert_eq!(errno_of(c.getattr(u64::MAX)), Some(libc::EBADF));
+
+    // A handle used with another node, a handle never issued, a handle after release.
+    let e = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    let d = c.lookup(FUSE_ROOT_ID, "sub").unwrap();
+    let fh = c.open(e.nodeid, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(errno_of(c.read(d.nodeid, fh, 0, 16)), Some(libc::EBADF));
+    assert_eq!(
+        errno_of(c.read(e.nodeid, 777_777, 0, 16)),
+        Some(libc::EBADF)
+    );
+    c.release(e.nodeid, fh).unwrap();
+    assert_eq!(errno_of(c.read(e.nodeid, fh, 0, 16)), Some(libc::EBADF));
+    assert_eq!(
+        errno_of(c.release(e.nodeid, fh)),
+        Some(libc::EBADF),
+        "double release"
+    );
+    // Directory operations on a file node.
+    assert_eq!(errno_of(c.lookup(e.nodeid, "x")), Some(libc::ENOTDIR));
+    assert_eq!(errno_of(c.opendir(e.nodeid)), Some(libc::ENOTDIR));
+    env.assert_alive("stale ids");
+}
+
+#[test]
+fn names_and_links_cannot_reach_outside_the_share() {
+    let env = start(&[]);
+    let c = &env.client;
+    let root_ino = std::fs::metadata(env.share()).unwrap().ino();
+    // ".." at the root is the root.
+    let up = c.lookup(FUSE_ROOT_ID, "..").unwrap();
+    assert_eq!(
+        up.attr.ino, root_ino,
+        "'..' at the root must stay at the root"
+    );
+    assert_eq!(up.nodeid, FUSE_ROOT_ID);
+    // Names with a '/' never walk.
+    for name in ["../canary", "sub/../../canary", "/etc", "sub/"] {
+        assert_eq!(
+            errno_of(c.lookup(FUSE_ROOT_ID, name)),
+            Some(libc::EINVAL),
+            "{name}"
+        );
+        assert_eq!(
+            errno_of(c.mkdir(FUSE_ROOT_ID, name, 0o755)),
+            Some(libc::EINVAL),
+            "{name}"
+        );
+    }
+    let long = "x".repeat(300);
+    assert_eq!(
+        errno_of(c.lookup(FUSE_ROOT_ID, &long)),
+        Some(libc::ENAMETOOLONG)
+    );
+    // A NUL inside the name: the name ends there.
+    let req = FuseRequest::new(opcode::LOOKUP, FUSE_ROOT_ID)
+        .bytes(b"hello.txt\0/../../canary/secret\0")
+        .out(128);
+    assert!(c.request(&req).is_ok(), "the name is 'hello.txt'");
+    // Symlinks are returned as symlinks, never followed on the host.
+    for name in ["abs-escape", "rel-escape"] {
+        let l = c.lookup(FUSE_ROOT_ID, name).unwrap();
+        assert_eq!(l.attr.mode & libc::S_IFMT, libc::S_IFLNK, "{name}");
+        assert_eq!(
+            errno_of(c.open(l.nodeid, libc::O_RDONLY)),
+            Some(libc::ELOOP),
+            "{name}"
+        );
+        assert_eq!(errno_of(c.opendir(l.nodeid)), Some(libc::ENOTDIR), "{name}");
+        assert_eq!(
+            errno_of(c.truncate(l.nodeid, 0)),
+            Some(libc::EINVAL),
+            "{name}"
+        );
+        // Creating *through* the link is creating in a non-directory.
+        assert_eq!(
+            errno_of(c.mkdir(l.nodeid, "x", 0o755)),
+            Some(libc::ENOTDIR),
+            "{name}"
+        );
+    }
+    // A hard link or rename to a name with a '/' is refused.
+    let f = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    assert_eq!(
+        errno_of(c.link(f.nodeid, FUSE_ROOT_ID, "../canary/stolen")),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        errno_of(c.rename(FUSE_ROOT_ID, "hello.txt", FUSE_ROOT_ID, "../canary/moved")),
+        Some(libc::EINVAL)
+    );
+    // A device node the guest made cannot be opened on the host.
+    let dev = c
+        .call(vufsd_bench::ops::mknod(
+            FUSE_ROOT_ID,
+            b"null",
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3) as u32,
+            0,
+        ))
+        .unwrap();
+    assert_eq!(
+        errno_of(c.open(dev.nodeid, libc::O_RDWR)),
+        Some(libc::ENXIO)
+    );
+    env.assert_alive("escape attempts");
+    // Nothing beside the share changed.
+    assert_eq!(
+        std::fs::read(env.canary().join("secret")).unwrap(),
+        b"CANARY"
+    );
+    assert_eq!(std::fs::read_dir(env.canary()).unwrap().count(), 1);
+}
+
+#[test]
+fn readonly_refuses_every_modification() {
+    let env = start(&["--readonly"]);
+    let c = &env.client;
+    let f = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    let erofs = Some(libc::EROFS);
+    assert_eq!(errno_of(c.open(f.nodeid, libc::O_WRONLY)), erofs);
+    assert_eq!(
+        errno_of(c.open(f.nodeid, libc::O_RDONLY | libc::O_TRUNC)),
+        erofs
+    );
+    assert_eq!(
+        errno_of(c.create(FUSE_ROOT_ID, "new", libc::O_RDWR, 0o644)),
+        erofs
+    );
+    assert_eq!(errno_of(c.mkdir(FUSE_ROOT_ID, "d", 0o755)), erofs);
+    assert_eq!(errno_of(c.unlink(FUSE_ROOT_ID, "hello.txt")), erofs);
+    assert_eq!(errno_of(c.rmdir(FUSE_ROOT_ID, "sub")), erofs);
+    assert_eq!(
+        errno_of(c.rename(FUSE_ROOT_ID, "hello.txt", FUSE_ROOT_ID, "x")),
+        erofs
+    );
+    assert_eq!(errno_of(c.link(f.nodeid, FUSE_ROOT_ID, "l")), erofs);
+    assert_eq!(errno_of(c.symlink(FUSE_ROOT_ID, "s", "t")), erofs);
+    assert_eq!(errno_of(c.truncate(f.nodeid, 0)), erofs);
+    let fh = c.open(f.nodeid, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(c.read(f.nodeid, fh, 0, 16).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read(env.share().join("hello.txt")).unwrap(),
+        b"hello"
+    );
+    assert!(!env.share().join("new").exists());
+    env.assert_alive("readonly");
+}
+
+/// A guest that asks for many lock waits cannot make the daemon spawn threads without bound.
+#[test]
+fn lock_waits_are_bounded() {
+    let env = start(&[]);
+    let c = &env.client;
+    let f = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    let fh = c.open(f.nodeid, libc::O_RDWR).unwrap().fh;
+    // Owner 1 holds a write lock on the whole file...
+    let lk = |owner: u64, op: u32| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&fh.to_ne_bytes());
+        body.extend_from_slice(&owner.to_ne_bytes());
+        body.extend_from_slice(&0u64.to_ne_bytes()); // start
+        body.extend_from_slice(&(i64::MAX as u64).to_ne_bytes()); // end
+        body.extend_from_slice(&(libc::F_WRLCK as u32).to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        body.extend_from_slice(&0u32.to_ne_bytes()); // lk_flags
+        body.extend_from_slice(&0u32.to_ne_bytes()); // padding
+        FuseRequest::new(op, f.nodeid).bytes(&body)
+    };
+    c.request(&lk(1, opcode::SETLK)).unwrap();
+    // ... owner 2 cannot get it without waiting ...
+    assert_eq!(
+        errno_of(c.request(&lk(2, opcode::SETLK))),
+        Some(libc::EAGAIN)
+    );
+    // ... and 300 waiting requests: 256 wait, the rest are refused with ENOLCK at once.
+    let dev = c.device().clone();
+    let mut queue = dev.request_queue(0).unwrap();
+    let mut tickets = Vec::new();
+    for owner in 0..300u64 {
+        let chain = lk(100 + owner, opcode::SETLKW).to_chain(10_000 + owner, Default::default());
+        tickets.push(queue.submit(&chain).unwrap());
+    }
+    let mut refused = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused < 300 - 256 && std::time::Instant::now() < deadline {
+        for (_, done) in queue.poll().unwrap() {
+            if raw_errno(&done.written) == libc::ENOLCK {
+                refused += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        refused,
+        300 - 256,
+        "lock waits beyond the bound must be refused"
+    );
+    queue.abandon_all();
+    drop(queue);
+    // Other requests are still served while 256 waits are pending.
+    env.assert_alive("many lock waits");
+}
