@@ -36,6 +36,10 @@ check mkfifo mkfifo fifo
 check setfattr hostrun setfattr -n user.k -v v /mnt/d/e/moved.txt
 expect_eq getfattr "$(hostrun getfattr --only-values -n user.k /mnt/d/e/moved.txt)" v
 check statfs sh -c 'df /mnt | grep -q /mnt'
+check posix-lock hostrun python3 -c 'import fcntl; f = open("/mnt/hard", "r+"); fcntl.lockf(f, fcntl.LOCK_EX); fcntl.lockf(f, fcntl.LOCK_UN)'
+check flock hostrun python3 -c 'import fcntl; f = open("/mnt/hard"); fcntl.flock(f, fcntl.LOCK_EX); fcntl.flock(f, fcntl.LOCK_UN)'
+check setfacl hostrun setfacl -m u:4321:r /mnt/hard
+check getfacl sh -c 'hostrun getfacl -n /mnt/hard | grep -q "^user:4321:r--"'
 check unlink rm big
 check rmdir sh -c 'mkdir gone && rmdir gone'
 expect_eq ls "$(ls | sort | tr '\n' ' ')" "d fifo from-host.txt hard link "
@@ -60,6 +64,10 @@ const GUEST_OKS: &[&str] = &[
     "setfattr",
     "getfattr",
     "statfs",
+    "posix-lock",
+    "flock",
+    "setfacl",
+    "getfacl",
     "unlink",
     "rmdir",
     "ls",
@@ -70,7 +78,19 @@ fn check_host_side(share: &Path) {
     assert_eq!(moved, "gue", "truncated to 3 bytes through the hard link");
     let md = std::fs::metadata(share.join("hard")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (1234, 5678, 0o600));
+    // 0600 from chmod; the ACL entry set afterwards (u:4321:r) made the group bits the ACL
+    // mask, r--: the ACL reached the host file.
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (1234, 5678, 0o640));
+    let acl = Command::new("getfacl")
+        .args(["-n", "-p"])
+        .arg(share.join("hard"))
+        .output()
+        .expect("getfacl (apt package acl)");
+    assert!(
+        String::from_utf8_lossy(&acl.stdout).contains("user:4321:r--"),
+        "{}",
+        String::from_utf8_lossy(&acl.stdout)
+    );
 }
 
 fn abstract_listener(name: &str) -> UnixDatagram {
@@ -106,6 +126,7 @@ fn socket_activation_serves_a_guest() {
         .arg("--shared-dir")
         .arg(&share)
         .arg("--xattr")
+        .arg("--posix-acl")
         .spawn(dir.path());
     assert!(
         rx.recv(&mut [0u8; 64]).is_err(),
@@ -148,7 +169,7 @@ const BIN_IN_CONTAINER: &str = "/opt/vufsd/vufsd";
 /// EnvironmentFile the unit reads and the argv the unit must produce from it.
 fn nix_share(share: &Path) -> String {
     format!(
-        r#"{{ sharedDir = "{}"; cache = "never"; noatime = "auto"; extraArgs = [ "--xattr" "--thread-pool-size=2" ]; }}"#,
+        r#"{{ sharedDir = "{}"; cache = "never"; noatime = "auto"; extraArgs = [ "--xattr" "--posix-acl" "--thread-pool-size=2" ]; }}"#,
         share.display()
     )
 }
