@@ -212,13 +212,13 @@ fn map_bind_error(path: &Path, e: io::Error) -> DaemonError {
 /// --socket-path; the path is returned when we created it, so it can be removed at exit.
 fn listener(opt: &Opt) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
     // Always read (and clear) the activation variables, so that they cannot leak even when an
-    // explicit --fd wins.
-    let activated = systemd::take_activation_fd().map_err(DaemonError::Activation)?;
+    // explicit --fd wins (and then their content does not matter).
+    let activated = systemd::take_activation_fd();
     if let Some(fd) = opt.fd {
         let l = sys::take_listening_socket(fd).map_err(|e| DaemonError::BadFd(fd, e))?;
         return Ok((l, None));
     }
-    if let Some(fd) = activated {
+    if let Some(fd) = activated.map_err(DaemonError::Activation)? {
         if let Some(p) = opt.socket_path() {
             // The unit's ListenStream= decides where QEMU connects; a --socket-path left in
             // the configuration must not make us bind a second, unused socket.

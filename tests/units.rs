@@ -361,3 +361,42 @@ fn notify_socket_values_are_checked() {
         "{stderr}"
     );
 }
+
+#[test]
+fn two_activated_sockets_are_refused() {
+    // systemd-socket-activate speaks the real protocol (LISTEN_PID is the exec'd vufsd's pid);
+    // vufsd serves one socket, so a unit with two ListenStream= must be refused clearly.
+    let dir = TestDir::new("units_two_sockets");
+    let share = dir.mkdir("share");
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let mut child = Command::new("systemd-socket-activate")
+        .arg(format!("--listen={}", a.display()))
+        .arg(format!("--listen={}", b.display()))
+        .arg(vufsd_bin())
+        .arg(format!("--shared-dir={}", share.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (apt package systemd)");
+    // The activator execs vufsd on the first connection.
+    let _conn = connect_when_listening(&a, &mut child);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("vufsd: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("systemd passed 2 sockets") && errors[0].contains("ListenStream="),
+        "{stderr}"
+    );
+}
