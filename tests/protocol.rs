@@ -512,3 +512,50 @@ fn lock_waits_are_bounded() {
     // Other requests are still served while 256 waits are pending.
     env.assert_alive("many lock waits");
 }
+
+/// Out of file descriptors, the guest gets EMFILE (never a crash), and once it forgets what it
+/// looked up the daemon serves normally again.
+#[test]
+fn fd_exhaustion_is_an_errno_and_recoverable() {
+    let env = start(&[]);
+    let c = &env.client;
+    for i in 0..200 {
+        std::fs::write(env.share().join(format!("f{i}")), b"x").unwrap();
+    }
+    let pid = env.daemon.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // Leave room for 40 more fds.
+    let limit = open_fds + 40;
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(st.success());
+    let mut held = Vec::new();
+    let mut emfile = 0;
+    for i in 0..200 {
+        match c.lookup(FUSE_ROOT_ID, &format!("f{i}")) {
+            Ok(e) => held.push(e.nodeid),
+            Err(e) => {
+                assert_eq!(e.errno(), Some(libc::EMFILE), "{e}");
+                emfile += 1;
+            }
+        }
+    }
+    assert!(
+        emfile > 100,
+        "the limit must have been hit ({} lookups succeeded)",
+        held.len()
+    );
+    env.assert_alive("fd exhaustion");
+    for n in &held {
+        c.forget(*n, 1).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let e = c.lookup(FUSE_ROOT_ID, "f199").unwrap();
+    let fh = c.open(e.nodeid, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(c.read(e.nodeid, fh, 0, 8).unwrap(), b"x");
+}
