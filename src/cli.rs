@@ -93,13 +93,9 @@ pub struct Opt {
     pub shared_dir: PathBuf,
 
     /// vhost-user socket to create and listen on (a stale socket file is replaced; a socket a
-    /// live daemon listens on is refused).
-    #[arg(
-        long,
-        value_name = "PATH",
-        required_unless_present_any = ["fd", "socket"],
-        conflicts_with = "fd"
-    )]
+    /// live daemon listens on is refused). Not needed with --fd, or when systemd passes the
+    /// socket (socket activation: LISTEN_FDS), which then takes precedence.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
     pub socket_path: Option<PathBuf>,
 
     /// Deprecated spelling of --socket-path.
@@ -110,6 +106,11 @@ pub struct Opt {
     #[arg(long, value_name = "FD")]
     pub fd: Option<RawFd>,
 
+    /// Give the socket created at --socket-path to this group (name or gid) with mode 0660, so
+    /// that a frontend running in that group (e.g. kvm) can connect.
+    #[arg(long, value_name = "GROUP", conflicts_with = "fd")]
+    pub socket_group: Option<String>,
+
     /// What the guest may cache: auto, always, metadata or never.
     #[arg(long, value_enum, default_value = "auto", value_name = "POLICY")]
     pub cache: CacheArg,
@@ -118,8 +119,17 @@ pub struct Opt {
     #[arg(long)]
     pub writeback: bool,
 
-    /// Refuse every modification with EROFS.
-    #[arg(long)]
+    /// Refuse every modification with EROFS. `--readonly=false` (or true) spells the choice
+    /// out, for configuration files that always pass it.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub readonly: bool,
 
     /// Serve extended attributes.
@@ -173,6 +183,12 @@ pub struct Opt {
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
     pub log_level: LevelFilter,
+
+    #[command(flatten)]
+    pub virtiofsd: crate::compat::VirtiofsdArgs,
+
+    #[command(flatten)]
+    pub pending: crate::compat::PendingArgs,
 }
 
 fn parse_level(s: &str) -> Result<LevelFilter, String> {
@@ -223,17 +239,21 @@ pub fn options_markdown() -> String {
         if arg.is_hide_set() {
             continue;
         }
-        let Some(long) = arg.get_long() else { continue };
+        let name = match (arg.get_long(), arg.get_short()) {
+            (Some(long), _) => format!("--{long}"),
+            (None, Some(short)) => format!("-{short}"),
+            (None, None) => continue,
+        };
         let takes_value = arg.get_action().takes_values();
         let value = arg
             .get_value_names()
             .and_then(|v| v.first())
             .map(|v| v.to_string())
             .unwrap_or_else(|| "VALUE".into());
-        if takes_value {
-            out.push_str(&format!("## `--{long}={value}`\n\n"));
-        } else {
-            out.push_str(&format!("## `--{long}`\n\n"));
+        match (takes_value, arg.get_long()) {
+            (true, Some(_)) => out.push_str(&format!("## `{name}={value}`\n\n")),
+            (true, None) => out.push_str(&format!("## `{name} {value}`\n\n")),
+            (false, _) => out.push_str(&format!("## `{name}`\n\n")),
         }
         let help = arg
             .get_long_help()
@@ -303,8 +323,9 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_is_required_and_exclusive() {
-        assert!(parse(&["--shared-dir=d"]).is_err());
+    fn a_socket_is_exclusive() {
+        // No socket at all parses: systemd may pass one (the daemon refuses if none comes).
+        assert!(parse(&["--shared-dir=d"]).is_ok());
         assert!(parse(&["--shared-dir=d", "--socket-path=s", "--fd=3"]).is_err());
         assert!(parse(&["--shared-dir=d", "--fd=3"]).is_ok());
         assert_eq!(
@@ -313,6 +334,17 @@ mod tests {
                 .socket_path(),
             Some(&PathBuf::from("old"))
         );
+    }
+
+    #[test]
+    fn readonly_takes_an_optional_boolean() {
+        let ro = |args: &[&str]| parse(args).map(|o| o.fs_config().readonly);
+        let base = ["--socket-path=s", "--shared-dir=d"];
+        assert!(!ro(&base).unwrap());
+        assert!(ro(&[&base[..], &["--readonly"]].concat()).unwrap());
+        assert!(ro(&[&base[..], &["--readonly=true"]].concat()).unwrap());
+        assert!(!ro(&[&base[..], &["--readonly=false"]].concat()).unwrap());
+        assert!(ro(&[&base[..], &["--readonly=maybe"]].concat()).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::device::FsDevice;
 use crate::fs::Passthrough;
 use crate::protocol::Dispatcher;
 use crate::sys;
+use crate::systemd::{self, ActivationError};
 
 /// Everything that stops the daemon with exit code 1. Each message names the cause and the fix.
 #[derive(Debug)]
@@ -31,6 +32,10 @@ pub enum DaemonError {
     SocketDirNotWritable(PathBuf, u32),
     SocketBind(PathBuf, io::Error),
     BadFd(i32, io::Error),
+    NoSocket,
+    Activation(ActivationError),
+    BadActivationFd(io::Error),
+    SocketGroup(String, Option<io::Error>),
     SandboxUnavailable(SandboxMode),
     NoSharedMemory,
     Setup(String, io::Error),
@@ -84,6 +89,23 @@ impl fmt::Display for DaemonError {
             BadFd(fd, e) => write!(
                 f,
                 "--fd {fd} is not a listening unix socket ({e}): pass the fd of a socket that is bound and listening"
+            ),
+            NoSocket => write!(
+                f,
+                "no socket to listen on: give --socket-path PATH or --fd FD, or start vufsd from a systemd socket unit"
+            ),
+            Activation(e) => write!(f, "{e}"),
+            BadActivationFd(e) => write!(
+                f,
+                "the socket passed by systemd (fd 3) is not a listening unix socket ({e}): use ListenStream= with a path in the socket unit"
+            ),
+            SocketGroup(g, None) => write!(
+                f,
+                "--socket-group {g}: no such group: name an existing group (or a numeric gid)"
+            ),
+            SocketGroup(g, Some(e)) => write!(
+                f,
+                "--socket-group {g}: cannot give the socket to that group: {e}: run vufsd as root or as a member of the group"
             ),
             SandboxUnavailable(mode) => write!(
                 f,
@@ -186,17 +208,51 @@ fn map_bind_error(path: &Path, e: io::Error) -> DaemonError {
     }
 }
 
-/// The listening socket from --fd or --socket-path; the path is returned when we created it,
-/// so it can be removed at exit.
+/// The listening socket, from (in this order) --fd, systemd socket activation, or
+/// --socket-path; the path is returned when we created it, so it can be removed at exit.
 fn listener(opt: &Opt) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+    // Always read (and clear) the activation variables, so that they cannot leak even when an
+    // explicit --fd wins (and then their content does not matter).
+    let activated = systemd::take_activation_fd();
     if let Some(fd) = opt.fd {
         let l = sys::take_listening_socket(fd).map_err(|e| DaemonError::BadFd(fd, e))?;
         return Ok((l, None));
     }
-    let path = opt
-        .socket_path()
-        .ok_or_else(|| DaemonError::Frontend("no --socket-path or --fd given".into()))?;
-    Ok((bind_socket(path)?, Some(path.clone())))
+    if let Some(fd) = activated.map_err(DaemonError::Activation)? {
+        if let Some(p) = opt.socket_path() {
+            // The unit's ListenStream= decides where QEMU connects; a --socket-path left in
+            // the configuration must not make us bind a second, unused socket.
+            info!(
+                "using the socket passed by systemd; --socket-path {} is not used",
+                p.display()
+            );
+        }
+        let l = sys::take_listening_socket(fd).map_err(DaemonError::BadActivationFd)?;
+        return Ok((l, None));
+    }
+    let path = opt.socket_path().ok_or(DaemonError::NoSocket)?;
+    let l = bind_socket(path)?;
+    if let Some(group) = &opt.socket_group {
+        give_socket_to_group(path, group)?;
+    }
+    Ok((l, Some(path.clone())))
+}
+
+/// `--socket-group`: let members of `group` connect (QEMU often runs as another user in the
+/// `kvm` group), and nobody else.
+fn give_socket_to_group(path: &Path, group: &str) -> Result<(), DaemonError> {
+    let gid = match group.parse::<u32>() {
+        Ok(gid) => gid,
+        Err(_) => sys::group_id(group)
+            .map_err(|e| DaemonError::SocketGroup(group.to_owned(), Some(e)))?
+            .ok_or_else(|| DaemonError::SocketGroup(group.to_owned(), None))?,
+    };
+    std::os::unix::fs::chown(path, None, Some(gid))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        })
+        .map_err(|e| DaemonError::SocketGroup(group.to_owned(), Some(e)))
 }
 
 const EXIT_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -220,6 +276,14 @@ fn spawn_signal_thread(
         })
         .map(drop)
         .map_err(|e| DaemonError::Setup("cannot start the signal thread".into(), e))
+}
+
+/// Tell systemd (when it is listening) how we are doing. A failure is logged, not fatal: the
+/// daemon works the same without a service manager watching.
+fn notify(state: &str) {
+    if let Err(e) = systemd::notify(state) {
+        warn!("cannot notify the service manager ({state:?}): {e}");
+    }
 }
 
 fn log_summary(dispatcher: &Dispatcher) {
@@ -273,6 +337,8 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
         Some(p) => info!("listening on {}", p.display()),
         None => info!("listening on the inherited socket"),
     }
+    // Type=notify: the socket is listening, so a frontend connecting now will be served.
+    notify("READY=1\nSTATUS=waiting for the frontend");
     let mut listener = Listener::from(unix_listener);
     let started = daemon.start(&mut listener);
     // One connection is all we serve: the socket file has done its job.
@@ -281,6 +347,7 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
     }
     started.map_err(|e| DaemonError::Frontend(format!("cannot accept the frontend: {e}")))?;
     info!("frontend connected");
+    notify("STATUS=serving the frontend");
 
     let result = daemon.wait();
     log_summary(device.dispatcher());

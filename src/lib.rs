@@ -2,9 +2,11 @@
 //!
 //! A request flows guest kernel → virtqueue → [`device`] (vhost-user backend) → [`protocol`]
 //! (one descriptor chain, one FUSE request) → [`fs`] (the passthrough filesystem) → host
-//! syscalls in [`sys`]. [`daemon`] owns the process's life and [`cli`] its options.
+//! syscalls in [`sys`]. [`daemon`] owns the process's life (with [`systemd`] for socket
+//! activation and readiness) and [`cli`] its options ([`compat`] for virtiofsd's spellings).
 
 pub mod cli;
+pub mod compat;
 pub mod daemon;
 pub mod device;
 pub mod fs;
@@ -12,3 +14,4 @@ pub mod logger;
 mod pool;
 pub mod protocol;
 pub mod sys;
+pub mod systemd;

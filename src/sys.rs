@@ -607,3 +607,33 @@ pub fn take_listening_socket(fd: RawFd) -> io::Result<std::os::unix::net::UnixLi
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
     Ok(listener)
 }
+
+/// The gid of the group called `name` (through NSS, so LDAP and systemd's dynamic groups
+/// resolve too), or None when there is no such group.
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let mut grp = MaybeUninit::<libc::group>::zeroed();
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer refers to memory we own for the duration of the call; the
+        // result, if any, points into `grp` and `buf`, and we only read its gid.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                grp.as_mut_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        match rc {
+            0 if found.is_null() => return Ok(None),
+            // SAFETY: on success `found` points to `grp`, which getgrnam_r filled.
+            0 => return Ok(Some(unsafe { (*found).gr_gid })),
+            libc::ERANGE if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => return Ok(None),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! Drop-in compatibility with the command lines written for upstream virtiofsd: libvirt's
+//! (`--fd=N -o source=...,cache=...` or, with "separate-options", `--shared-dir ...`),
+//! microvm.nix's and NixOS's, and people's scripts.
+//!
+//! Three jobs, one concern (virtiofsd's spelling of things):
+//! - answer `--print-capabilities` the way libvirt expects ([`CAPABILITIES`]);
+//! - turn the legacy `-o a,b=c` list into the long options it names ([`expand_legacy`]);
+//! - accept virtiofsd options vufsd does not implement, and decide for each one given whether
+//!   ignoring it is safe ([`review`]): if it is, vufsd warns and runs; if it is not (the option
+//!   asks for confinement or a mapping that vufsd would silently not provide), vufsd refuses to
+//!   start with one line naming the option and what to do.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use clap::{Args, ValueEnum};
+
+use crate::cli::Opt;
+use crate::sys;
+
+/// What `--print-capabilities` prints: the vhost-user backend description libvirt reads
+/// (QEMU's docs/interop/vhost-user.json). Only what vufsd really has: "separate-options" means
+/// it takes `--shared-dir`, `--cache`, ... as separate options (libvirt then stops using `-o`).
+/// "posix-acl-negotiation-mode" means `--posix-acl` takes never/auto/always. Not advertised:
+/// "migrate-precopy" (no migration) and "security-label-negotiation-mode" (no labels).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"separate-options\"\n  ]\n}\n";
+
+/// Whether the command line asks for `--print-capabilities`. Answered before anything else is
+/// parsed, because libvirt runs `vufsd --print-capabilities` with no other option at all.
+pub fn wants_capabilities(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| a.as_bytes() != b"--")
+        .any(|a| a.as_bytes() == b"--print-capabilities")
+}
+
+/// The `--posix-acl`/`--security-label` negotiation modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Negotiation {
+    /// Off.
+    Never,
+    /// On when the guest asks for it.
+    Auto,
+    /// Required.
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InodeFileHandles {
+    /// Reference inodes by O_PATH file descriptors (what vufsd does).
+    Never,
+    /// File handles where the filesystem supports them (vufsd uses O_PATH fds instead).
+    Prefer,
+    /// Old name of `prefer`.
+    #[value(hide = true)]
+    Fallback,
+    /// File handles only (refused: vufsd does not use file handles).
+    Mandatory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SeccompAction {
+    /// No filter (what vufsd does).
+    None,
+    /// Kill the daemon on a syscall outside the filter (refused: no filter yet).
+    Kill,
+    /// Log such syscalls (ignored with a warning).
+    Log,
+    /// Send SIGSYS (refused: no filter yet).
+    Trap,
+}
+
+/// virtiofsd options vufsd accepts so that existing command lines keep working. Each is either
+/// implemented (`-d`, `-f`, `--print-capabilities`, `-o`) or judged by [`review`].
+#[derive(Clone, Debug, Default, Args)]
+pub struct VirtiofsdArgs {
+    /// Print the vhost-user backend capabilities (JSON, for libvirt) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// virtiofsd's legacy option list, e.g. `-o source=/srv,cache=none,xattr` as libvirt
+    /// writes it: each item is read as the long option it names (`source` is --shared-dir;
+    /// `,,` is a literal comma). Items vufsd cannot honour are refused.
+    #[arg(short = 'o', value_name = "LIST")]
+    pub legacy_options: Vec<String>,
+
+    /// virtiofsd's -d: the same as --log-level=debug.
+    #[arg(short = 'd')]
+    pub debug: bool,
+
+    /// virtiofsd's -f (stay in the foreground): vufsd always does.
+    #[arg(short = 'f')]
+    pub foreground: bool,
+
+    /// Accepted for virtiofsd compatibility; vufsd logs to stderr (the journal, under systemd).
+    #[arg(long)]
+    pub syslog: bool,
+
+    /// Accepted for virtiofsd compatibility, with a warning: vufsd does not announce submounts
+    /// (mount points inside the share look like directories of the share's filesystem).
+    #[arg(long, overrides_with = "no_announce_submounts")]
+    pub announce_submounts: bool,
+
+    /// Do not announce submounts (what vufsd does anyway).
+    #[arg(long, overrides_with = "announce_submounts")]
+    pub no_announce_submounts: bool,
+
+    /// virtiofsd's inode references: vufsd always uses O_PATH file descriptors, so `never` is
+    /// what it does, `prefer` is accepted with a warning and `mandatory` is refused.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub inode_file_handles: Option<InodeFileHandles>,
+
+    /// Accepted with a warning: the guest kernel clears setuid/setgid bits on write itself.
+    #[arg(long, overrides_with = "no_killpriv_v2")]
+    pub killpriv_v2: bool,
+
+    /// Do not use FUSE_HANDLE_KILLPRIV_V2 (what vufsd does).
+    #[arg(long, overrides_with = "killpriv_v2")]
+    pub no_killpriv_v2: bool,
+
+    /// Guest security labels: `never` is what vufsd does, `auto` is accepted with a warning,
+    /// `always` is refused.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always"
+    )]
+    pub security_label: Option<Negotiation>,
+
+    /// Refused: vufsd cannot map extended attribute names (ignoring the map would expose the
+    /// host's attributes unmapped).
+    #[arg(long, value_name = "MAP")]
+    pub xattrmap: Option<String>,
+
+    /// Accepted with a warning: vufsd does not advertise a tag; the frontend sets it
+    /// (QEMU: `-device vhost-user-fs-pci,...,tag=TAG`).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// Accepted with a warning: with --cache=never or metadata the guest cannot mmap files.
+    #[arg(long)]
+    pub allow_mmap: bool,
+
+    /// Accepted with a warning: vufsd does not support migration (QEMU keeps a VM with this
+    /// device from migrating).
+    #[arg(long, value_name = "MODE")]
+    pub migration_mode: Option<String>,
+
+    /// Accepted with a warning, as --migration-mode.
+    #[arg(long, value_name = "MODE")]
+    pub migration_on_error: Option<String>,
+
+    /// Accepted with a warning, as --migration-mode.
+    #[arg(long)]
+    pub migration_verify_handles: bool,
+
+    /// Accepted with a warning, as --migration-mode.
+    #[arg(long)]
+    pub migration_confirm_paths: bool,
+}
+
+/// virtiofsd options that are being implemented in vufsd right now (id mapping, sandbox and
+/// limits). Until they land they are accepted here, and ignored or refused by [`review`].
+/// When the real option is merged, delete its field here and its rule in `review_pending`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct PendingArgs {
+    /// uid translation (not implemented yet): refused when vufsd runs privileged, ignored with a
+    /// warning when it runs unprivileged (it then creates every file as its own user anyway).
+    #[arg(long, value_name = "MAP")]
+    pub translate_uid: Vec<String>,
+
+    /// gid translation (not implemented yet): as --translate-uid.
+    #[arg(long, value_name = "MAP")]
+    pub translate_gid: Vec<String>,
+
+    /// User-namespace uid map (not implemented yet): as --translate-uid.
+    #[arg(long, value_name = "MAP")]
+    pub uid_map: Vec<String>,
+
+    /// User-namespace gid map (not implemented yet): as --translate-uid.
+    #[arg(long, value_name = "MAP")]
+    pub gid_map: Vec<String>,
+
+    /// seccomp filter (not implemented yet): `none` is what vufsd does, `log` is accepted with a
+    /// warning, `kill` and `trap` are refused (confine vufsd with systemd's SystemCallFilter=).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub seccomp: Option<SeccompAction>,
+
+    /// Capability changes (not implemented yet): vufsd keeps the capabilities it was started
+    /// with, so adding (`+cap`) is accepted with a warning and dropping (`-cap`) is refused.
+    #[arg(long, value_name = "CAPS")]
+    pub modcaps: Option<String>,
+
+    /// Open-file limit (not implemented yet): accepted with a warning; the limit stays as
+    /// inherited (systemd: LimitNOFILE=).
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
+}
+
+/// Rewrite every `-o LIST` (also `-oLIST`, `-o=LIST`) into the long options its items name,
+/// with the warnings for items vufsd accepts without acting on them. The first element is the
+/// program name and is kept. An item vufsd cannot honour is an error whose text is the one
+/// line to show the user.
+pub fn expand_legacy(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<Notice>), String> {
+    let mut notices = Vec::new();
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    out.extend(it.next());
+    while let Some(arg) = it.next() {
+        let bytes = arg.as_bytes();
+        let list = if bytes == b"--" {
+            out.push(arg);
+            out.extend(it);
+            break;
+        } else if bytes == b"-o" {
+            it.next()
+                .ok_or("-o needs a list, e.g. -o source=/srv/share,cache=auto")?
+                .into_vec()
+        } else if let Some(rest) = bytes.strip_prefix(b"-o") {
+            rest.strip_prefix(b"=").unwrap_or(rest).to_vec()
+        } else {
+            out.push(arg);
+            continue;
+        };
+        for item in split_list(&list) {
+            out.extend(legacy_item(&item, &mut notices)?);
+        }
+    }
+    Ok((out, notices))
+}
+
+/// Split a `-o` list at commas; `,,` stands for a comma inside an item (libvirt escapes commas
+/// in paths that way).
+fn split_list(list: &[u8]) -> Vec<Vec<u8>> {
+    let mut items = Vec::new();
+    let mut cur = Vec::new();
+    let mut i = 0;
+    while i < list.len() {
+        match (list[i], list.get(i + 1)) {
+            (b',', Some(b',')) => {
+                cur.push(b',');
+                i += 2;
+            }
+            (b',', _) => {
+                items.push(std::mem::take(&mut cur));
+                i += 1;
+            }
+            (c, _) => {
+                cur.push(c);
+                i += 1;
+            }
+        }
+    }
+    items.push(cur);
+    items.retain(|i| !i.is_empty());
+    items
+}
+
+/// One `-o` item as the long options it means (the same spellings virtiofsd accepts, plus the
+/// lock switches libvirt writes).
+fn legacy_item(item: &[u8], notices: &mut Vec<Notice>) -> Result<Vec<OsString>, String> {
+    let (key, value) = match item.iter().position(|&b| b == b'=') {
+        Some(i) => (&item[..i], Some(&item[i + 1..])),
+        None => (item, None),
+    };
+    let key_str = String::from_utf8_lossy(key);
+    let long = |flag: &str| Ok(vec![OsString::from(flag)]);
+    let with_value = |flag: &str, v: &[u8]| Ok(vec![flag.into(), OsString::from_vec(v.to_vec())]);
+    match (&*key_str, value) {
+        ("source", Some(v)) => with_value("--shared-dir", v),
+        ("cache", Some(b"none")) => with_value("--cache", b"never"),
+        ("cache", Some(v)) => with_value("--cache", v),
+        ("sandbox", Some(v)) => with_value("--sandbox", v),
+        ("loglevel" | "log_level", Some(b"err")) => with_value("--log-level", b"error"),
+        ("loglevel" | "log_level", Some(v)) => with_value("--log-level", v),
+        ("modcaps", Some(v)) => with_value("--modcaps", v),
+        ("xattrmap", Some(v)) => with_value("--xattrmap", v),
+        ("xattr", None) => long("--xattr"),
+        ("no_xattr", None) => long("--no-xattr"),
+        ("no_readdirplus", None) => long("--no-readdirplus"),
+        ("writeback", None) => long("--writeback"),
+        ("allow_direct_io", None) => long("--allow-direct-io"),
+        ("announce_submounts", None) => long("--announce-submounts"),
+        ("killpriv_v2", None) => long("--killpriv-v2"),
+        ("no_killpriv_v2", None) => long("--no-killpriv-v2"),
+        ("posix_acl", None) => long("--posix-acl=always"),
+        ("no_posix_acl", None) => long("--posix-acl=never"),
+        ("security_label", None) => long("--security-label=always"),
+        ("no_security_label", None) => long("--security-label=never"),
+        ("debug", None) => long("-d"),
+        // The defaults, spelled out.
+        ("readdirplus" | "no_writeback" | "no_allow_direct_io", None) => Ok(vec![]),
+        // vufsd always serves POSIX locks and flock() with host locks.
+        ("flock" | "posix_lock", None) => Ok(vec![]),
+        ("no_flock" | "no_posix_lock", None) => {
+            notices.push(Notice::Ignored(format!(
+                "-o {key_str} is ignored: vufsd always passes the guest's locks to the host, \
+                 where other processes see them"
+            )));
+            Ok(vec![])
+        }
+        _ => Err(format!(
+            "-o {} is not a virtiofsd option vufsd knows: use the long options (see vufsd --help)",
+            String::from_utf8_lossy(item)
+        )),
+    }
+}
+
+/// What vufsd does about one option it accepts without implementing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Safe to ignore: run, with this warning.
+    Ignored(String),
+    /// Not safe to ignore: refuse to start with this one-line reason.
+    Refused(String),
+}
+
+/// Whether this process could act as other users (root, or capabilities that bypass file
+/// ownership): ignoring a requested uid/gid mapping is only safe when it cannot.
+pub fn can_act_as_others() -> bool {
+    const CAP_CHOWN: u32 = 0;
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    let caps = sys::effective_caps().unwrap_or(u64::MAX);
+    let powerful = [
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        sys::CAP_FOWNER,
+        CAP_SETGID,
+        CAP_SETUID,
+    ]
+    .iter()
+    .any(|&c| caps & (1u64 << c) != 0);
+    sys::geteuid() == 0 || powerful
+}
+
+/// The verdict on every accepted-but-unimplemented option in `opt`, in command-line order of
+/// importance: refusals are what the caller must act on first.
+pub fn review(opt: &Opt, privileged: bool) -> Vec<Notice> {
+    let mut notes = review_virtiofsd(&opt.virtiofsd);
+    notes.extend(review_pending(&opt.pending, privileged));
+    notes.sort_by_key(|n| matches!(n, Notice::Ignored(_)));
+    notes
+}
+
+fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
+    use Notice::{Ignored, Refused};
+    let mut notes = Vec::new();
+    if v.syslog {
+        notes.push(Ignored(
+            "--syslog is not supported: logging to stderr (under systemd that is the journal)"
+                .into(),
+        ));
+    }
+    if v.announce_submounts {
+        notes.push(Ignored(
+            "--announce-submounts is ignored: vufsd does not announce submounts; mount points \
+             inside the share look like directories of the share's filesystem"
+                .into(),
+        ));
+    }
+    match v.inode_file_handles {
+        Some(InodeFileHandles::Prefer | InodeFileHandles::Fallback) => notes.push(Ignored(
+            "--inode-file-handles=prefer is ignored: vufsd references inodes by O_PATH file \
+             descriptors (as with =never)"
+                .into(),
+        )),
+        Some(InodeFileHandles::Mandatory) => notes.push(Refused(
+            "--inode-file-handles=mandatory is not supported: vufsd references inodes by O_PATH \
+             file descriptors; use --inode-file-handles=never (or prefer)"
+                .into(),
+        )),
+        _ => {}
+    }
+    if v.killpriv_v2 {
+        notes.push(Ignored(
+            "--killpriv-v2 is ignored: the guest kernel clears setuid/setgid bits on write itself"
+                .into(),
+        ));
+    }
+    match v.security_label {
+        Some(Negotiation::Auto) => notes.push(Ignored(
+            "--security-label=auto is ignored: security labels are not offered to the guest".into(),
+        )),
+        Some(Negotiation::Always) => notes.push(Refused(
+            "--security-label is not supported: vufsd cannot store the guest's security labels; \
+             remove it (or use --security-label=auto)"
+                .into(),
+        )),
+        _ => {}
+    }
+    if v.xattrmap.is_some() {
+        notes.push(Refused(
+            "--xattrmap is not supported: vufsd would serve the host's extended attributes \
+             unmapped; remove --xattrmap (and --xattr, to serve none)"
+                .into(),
+        ));
+    }
+    if v.tag.is_some() {
+        notes.push(Ignored(
+            "--tag is ignored: vufsd does not advertise a tag; set it on the frontend \
+             (QEMU: -device vhost-user-fs-pci,...,tag=TAG)"
+                .into(),
+        ));
+    }
+    if v.allow_mmap {
+        notes.push(Ignored(
+            "--allow-mmap is ignored: with --cache=never or metadata the guest cannot mmap files"
+                .into(),
+        ));
+    }
+    if v.migration_mode.is_some()
+        || v.migration_on_error.is_some()
+        || v.migration_verify_handles
+        || v.migration_confirm_paths
+    {
+        notes.push(Ignored(
+            "--migration-* options are ignored: vufsd does not support migration (QEMU keeps \
+             the VM from migrating)"
+                .into(),
+        ));
+    }
+    notes
+}
+
+fn review_pending(p: &PendingArgs, privileged: bool) -> Vec<Notice> {
+    use Notice::{Ignored, Refused};
+    let mut notes = Vec::new();
+    let maps = [
+        ("--translate-uid", &p.translate_uid),
+        ("--translate-gid", &p.translate_gid),
+        ("--uid-map", &p.uid_map),
+        ("--gid-map", &p.gid_map),
+    ];
+    for (name, values) in maps.iter().filter(|(_, v)| !v.is_empty()) {
+        notes.push(if privileged {
+            Refused(format!(
+                "{name} is not implemented yet and vufsd runs privileged: without the mapping \
+                 the guest would create files as host users it must not reach; remove it and \
+                 run vufsd as an unprivileged user, or use upstream virtiofsd"
+            ))
+        } else {
+            Ignored(format!(
+                "{name} is ignored ({}): vufsd runs unprivileged and creates every file as its \
+                 own user; the guest sees host ids unmapped",
+                values.join(" ")
+            ))
+        });
+    }
+    match p.seccomp {
+        Some(SeccompAction::Log) => notes.push(Ignored(
+            "--seccomp=log is ignored: vufsd installs no seccomp filter yet".into(),
+        )),
+        Some(a @ (SeccompAction::Kill | SeccompAction::Trap)) => notes.push(Refused(format!(
+            "--seccomp={} is not implemented yet: vufsd installs no seccomp filter; use \
+             --seccomp=none and confine vufsd from outside (contrib/systemd/vufsd@.service sets \
+             SystemCallFilter=)",
+            format!("{a:?}").to_lowercase()
+        ))),
+        _ => {}
+    }
+    if let Some(caps) = &p.modcaps {
+        if caps.split(':').any(|c| c.trim_start().starts_with('-')) {
+            notes.push(Refused(format!(
+                "--modcaps={caps} is not implemented yet: vufsd would keep the capabilities you \
+                 asked it to drop; remove --modcaps and bound them from outside (systemd \
+                 CapabilityBoundingSet=, or setpriv)"
+            )));
+        } else {
+            notes.push(Ignored(format!(
+                "--modcaps={caps} is ignored: vufsd keeps the capabilities it was started with"
+            )));
+        }
+    }
+    if let Some(n) = p.rlimit_nofile {
+        notes.push(Ignored(format!(
+            "--rlimit-nofile={n} is not implemented yet: the open-file limit stays as inherited \
+             (raise it with ulimit -n, or systemd's LimitNOFILE=)"
+        )));
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    fn expand(v: &[&str]) -> Result<Vec<String>, String> {
+        expand_legacy(os(v)).map(|(a, _)| {
+            a.into_iter()
+                .map(|s| s.into_string().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn libvirt_legacy_form() {
+        assert_eq!(
+            expand(&[
+                "vufsd",
+                "--fd=3",
+                "-o",
+                "source=/srv/a,,b,cache=none,sandbox=chroot,xattr,no_flock,no_posix_lock",
+                "--thread-pool-size=4",
+                "-d"
+            ])
+            .unwrap(),
+            [
+                "vufsd",
+                "--fd=3",
+                "--shared-dir",
+                "/srv/a,b",
+                "--cache",
+                "never",
+                "--sandbox",
+                "chroot",
+                "--xattr",
+                "--thread-pool-size=4",
+                "-d"
+            ]
+        );
+    }
+
+    #[test]
+    fn attached_and_repeated_lists() {
+        assert_eq!(
+            expand(&["vufsd", "-osource=/x", "-o=no_xattr,loglevel=err"]).unwrap(),
+            [
+                "vufsd",
+                "--shared-dir",
+                "/x",
+                "--no-xattr",
+                "--log-level",
+                "error"
+            ]
+        );
+        assert_eq!(
+            expand(&["vufsd", "--", "-o", "x"]).unwrap(),
+            ["vufsd", "--", "-o", "x"]
+        );
+    }
+
+    #[test]
+    fn legacy_items_that_cannot_be_honoured() {
+        let e = expand(&["vufsd", "-o", "source=/x,norace"]).unwrap_err();
+        assert!(e.starts_with("-o norace is not a virtiofsd option"), "{e}");
+        assert!(expand(&["vufsd", "-o"]).is_err());
+    }
+
+    #[test]
+    fn lock_items() {
+        let (args, notices) = expand_legacy(os(&["vufsd", "-o", "posix_lock,flock"])).unwrap();
+        assert_eq!(args, os(&["vufsd"]));
+        assert!(notices.is_empty());
+        let (_, notices) = expand_legacy(os(&["vufsd", "-o", "no_posix_lock,no_flock"])).unwrap();
+        assert!(matches!(
+            notices[..],
+            [Notice::Ignored(_), Notice::Ignored(_)]
+        ));
+    }
+
+    #[test]
+    fn capabilities_are_json_with_only_real_features() {
+        assert!(CAPABILITIES.contains("\"type\": \"fs\""));
+        assert!(CAPABILITIES.contains("\"separate-options\""));
+        assert!(CAPABILITIES.contains("\"posix-acl-negotiation-mode\""));
+        assert!(!CAPABILITIES.contains("migrate"));
+        assert!(wants_capabilities(&os(&["vufsd", "--print-capabilities"])));
+        assert!(!wants_capabilities(&os(&[
+            "vufsd",
+            "--",
+            "--print-capabilities"
+        ])));
+    }
+
+    fn notices(args: &[&str], privileged: bool) -> Vec<Notice> {
+        let mut v = vec!["vufsd", "--socket-path=s", "--shared-dir=d"];
+        v.extend_from_slice(args);
+        review(&Opt::try_parse_from(v).unwrap(), privileged)
+    }
+
+    #[test]
+    fn id_maps_are_refused_only_when_privileged() {
+        let m = ["--uid-map=:0:1000:1:"];
+        assert!(matches!(notices(&m, true)[..], [Notice::Refused(_)]));
+        assert!(matches!(notices(&m, false)[..], [Notice::Ignored(_)]));
+    }
+
+    #[test]
+    fn modcaps_drop_is_refused_add_is_ignored() {
+        assert!(matches!(
+            notices(&["--modcaps=+sys_admin:-chown"], true)[..],
+            [Notice::Refused(_)]
+        ));
+        assert!(matches!(
+            notices(&["--modcaps=+sys_admin"], true)[..],
+            [Notice::Ignored(_)]
+        ));
+    }
+
+    #[test]
+    fn refusals_come_first() {
+        let n = notices(
+            &["--announce-submounts", "--xattrmap=:map::user.x.:"],
+            false,
+        );
+        assert!(matches!(n[..], [Notice::Refused(_), Notice::Ignored(_)]));
+    }
+
+    #[test]
+    fn the_defaults_spelled_out_need_no_notice() {
+        let n = notices(
+            &[
+                "--inode-file-handles=never",
+                "--no-announce-submounts",
+                "--no-killpriv-v2",
+                "--seccomp=none",
+                "--security-label=never",
+                "-f",
+            ],
+            true,
+        );
+        assert!(n.is_empty(), "{n:?}");
+    }
+}
