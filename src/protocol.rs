@@ -23,7 +23,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use log::{debug, warn};
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, GuestMemory};
+use vm_memory::{ByteValued, Bytes, GuestMemory};
 
 use crate::fs::Passthrough;
 use crate::sys;
@@ -86,14 +86,23 @@ impl Dispatcher {
         u32::try_from(reply_error(w, header.unique, errno)).unwrap_or(0)
     }
 
-    /// The opcode of the request in `chain`, if it has a readable header.
-    pub fn peek_opcode<M>(mem: &M::Target, chain: &DescriptorChain<M>) -> Option<u32>
+    /// The FUSE header of the request in `chain`, if it has one. Linux puts the header in a
+    /// descriptor of its own, so it is read straight from guest memory; a header split across
+    /// descriptors takes the general path.
+    pub fn peek_header<M>(mem: &M::Target, chain: &DescriptorChain<M>) -> Option<InHeader>
     where
         M: Deref + Clone,
         M::Target: GuestMemory + Sized,
     {
+        let first = chain.clone().next()?;
+        if first.is_write_only() {
+            return None;
+        }
+        if first.len() as usize >= size_of::<InHeader>() {
+            return mem.read_obj::<InHeader>(first.addr()).ok();
+        }
         let mut r = Reader::from_descriptor_chain(mem, chain.clone()).ok()?;
-        r.read_obj::<InHeader>().ok().map(|h| h.opcode)
+        r.read_obj::<InHeader>().ok()
     }
 
     /// Serve one descriptor chain; returns the number of bytes written into it (the used
@@ -103,6 +112,12 @@ impl Dispatcher {
         M: Deref + Clone,
         M::Target: GuestMemory + Sized,
     {
+        let Some(header) = Self::peek_header(mem, &chain) else {
+            warn!("dropping a request without a readable FUSE header");
+            return 0;
+        };
+        // Kept to answer on a fresh writer if the Server gives up without replying.
+        let spare = chain.clone();
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
             Err(e) => {
@@ -117,17 +132,8 @@ impl Dispatcher {
                 return 0;
             }
         };
-        let mut peek = reader.clone();
-        let header: InHeader = match peek.read_obj() {
-            Ok(h) => h,
-            Err(_) => {
-                warn!("dropping a request shorter than a FUSE header");
-                return 0;
-            }
-        };
         let opcode = header.opcode;
         let written = if server_handles(opcode) {
-            let spare = writer.clone();
             match self
                 .server
                 .handle_message(reader, writer.into(), None, None)
@@ -139,7 +145,10 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     warn!("malformed request (opcode {opcode}): {e}; replying EINVAL");
-                    reply_error(spare, header.unique, libc::EINVAL)
+                    match VirtioFsWriter::new(mem, spare) {
+                        Ok(w) => reply_error(w, header.unique, libc::EINVAL),
+                        Err(_) => 0,
+                    }
                 }
             }
         } else if is_no_reply(opcode) {
@@ -150,6 +159,11 @@ impl Dispatcher {
                 header.nodeid,
                 header.unique
             );
+            // Positioned after the header, for the requests decoded here.
+            let mut peek = reader;
+            if peek.read_obj::<InHeader>().is_err() {
+                return 0;
+            }
             match opcode {
                 x if x == Opcode::CopyFileRange as u32 => {
                     self.copy_file_range(&header, &mut peek, writer)

@@ -22,9 +22,10 @@ fn finish(mut daemon: Daemon, out: &VmOutcome) -> String {
         out.report()
     );
     let log = daemon.output();
+    let enosys = common::unexpected_enosys(&log);
     assert!(
-        !log.contains("answered ENOSYS"),
-        "the guest used an unsupported opcode:\n{log}"
+        enosys.is_empty(),
+        "the guest used unsupported opcodes {enosys:?}:\n{log}"
     );
     log
 }
