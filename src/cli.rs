@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser, ValueEnum};
 use log::LevelFilter;
 
+use crate::fs::idmap::{IdMap, IdMapRule};
 use crate::fs::open_flags::NoatimePolicy;
 use crate::fs::CachePolicy;
 
@@ -171,6 +172,17 @@ pub struct Opt {
     )]
     pub posix_acl: AclArg,
 
+    /// Translate uids between guest and host, virtiofsd's syntax: `TYPE:FROM:TO:COUNT` with TYPE
+    /// `guest` (guest ids to host ids), `host` (host ids as seen by the guest), `map` (both),
+    /// `squash-guest` / `squash-host` (a range onto one id), or `forbid-guest:FROM:COUNT` (guest
+    /// ids that may not own files: EPERM). Ids no rule covers map to themselves. Repeatable.
+    #[arg(long, value_name = "MAP")]
+    pub translate_uid: Vec<IdMapRule>,
+
+    /// Translate gids between guest and host, as --translate-uid. Repeatable.
+    #[arg(long, value_name = "MAP")]
+    pub translate_gid: Vec<IdMapRule>,
+
     /// Threads serving requests besides the one per queue; 0 serves each queue on its own
     /// thread only.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -210,8 +222,19 @@ impl Opt {
         }
     }
 
-    pub fn fs_config(&self) -> crate::fs::Config {
-        crate::fs::Config {
+    /// The filesystem's configuration, or why the options cannot go together.
+    pub fn fs_config(&self) -> Result<crate::fs::Config, String> {
+        let uid_map = IdMap::new(&self.translate_uid)?;
+        let gid_map = IdMap::new(&self.translate_gid)?;
+        let posix_acl = self.posix_acl != AclArg::Never;
+        if posix_acl && !(uid_map.is_identity() && gid_map.is_identity()) {
+            return Err(
+                "--posix-acl cannot be combined with --translate-uid/--translate-gid: \
+                        ACL entries name host ids the translation would not see; drop one of them"
+                    .into(),
+            );
+        }
+        Ok(crate::fs::Config {
             cache: self.cache.into(),
             writeback: self.writeback,
             xattr: self.xattr && !self.no_xattr,
@@ -219,8 +242,10 @@ impl Opt {
             readdirplus: !self.no_readdirplus,
             allow_direct_io: self.allow_direct_io,
             noatime: self.noatime_policy(),
-            posix_acl: self.posix_acl != AclArg::Never,
-        }
+            posix_acl,
+            uid_map,
+            gid_map,
+        })
     }
 }
 
@@ -309,7 +334,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(o.cache, CacheArg::Never);
-        assert!(o.fs_config().xattr);
+        assert!(o.fs_config().unwrap().xattr);
         assert_eq!(o.noatime_policy(), NoatimePolicy::Preserve);
         assert_eq!(o.log_level, LevelFilter::Debug);
     }
@@ -317,9 +342,9 @@ mod tests {
     #[test]
     fn the_last_xattr_flag_wins() {
         let o = parse(&["--socket-path=s", "--shared-dir=d", "--xattr", "--no-xattr"]).unwrap();
-        assert!(!o.fs_config().xattr);
+        assert!(!o.fs_config().unwrap().xattr);
         let o = parse(&["--socket-path=s", "--shared-dir=d", "--no-xattr", "--xattr"]).unwrap();
-        assert!(o.fs_config().xattr);
+        assert!(o.fs_config().unwrap().xattr);
     }
 
     #[test]
@@ -338,13 +363,41 @@ mod tests {
 
     #[test]
     fn readonly_takes_an_optional_boolean() {
-        let ro = |args: &[&str]| parse(args).map(|o| o.fs_config().readonly);
+        let ro = |args: &[&str]| parse(args).map(|o| o.fs_config().unwrap().readonly);
         let base = ["--socket-path=s", "--shared-dir=d"];
         assert!(!ro(&base).unwrap());
         assert!(ro(&[&base[..], &["--readonly"]].concat()).unwrap());
         assert!(ro(&[&base[..], &["--readonly=true"]].concat()).unwrap());
         assert!(!ro(&[&base[..], &["--readonly=false"]].concat()).unwrap());
         assert!(ro(&[&base[..], &["--readonly=maybe"]].concat()).is_err());
+    }
+
+    #[test]
+    fn id_translation_rules() {
+        let o = parse(&[
+            "--socket-path=s",
+            "--shared-dir=d",
+            "--translate-uid=map:1000:101000:10",
+            "--translate-gid=squash-guest:0:100:4294967295",
+        ])
+        .unwrap();
+        let cfg = o.fs_config().unwrap();
+        assert_eq!(cfg.uid_map.to_host(1001), Some(101001));
+        assert_eq!(cfg.gid_map.to_host(7), Some(100));
+        assert!(parse(&[
+            "--socket-path=s",
+            "--shared-dir=d",
+            "--translate-uid=maps:1:2:3"
+        ])
+        .is_err());
+        let overlapping = parse(&[
+            "--socket-path=s",
+            "--shared-dir=d",
+            "--translate-uid=guest:0:10:10",
+            "--translate-uid=guest:5:100:10",
+        ])
+        .unwrap();
+        assert!(overlapping.fs_config().is_err());
     }
 
     #[test]

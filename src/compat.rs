@@ -167,20 +167,12 @@ pub struct VirtiofsdArgs {
 /// When the real option is merged, delete its field here and its rule in `review_pending`.
 #[derive(Clone, Debug, Default, Args)]
 pub struct PendingArgs {
-    /// uid translation (not implemented yet): refused when vufsd runs privileged, ignored with a
-    /// warning when it runs unprivileged (it then creates every file as its own user anyway).
-    #[arg(long, value_name = "MAP")]
-    pub translate_uid: Vec<String>,
-
-    /// gid translation (not implemented yet): as --translate-uid.
-    #[arg(long, value_name = "MAP")]
-    pub translate_gid: Vec<String>,
-
-    /// User-namespace uid map (not implemented yet): as --translate-uid.
+    /// User-namespace uid map (not implemented yet): refused when vufsd runs privileged, ignored
+    /// with a warning when it runs unprivileged (it then creates every file as its own user).
     #[arg(long, value_name = "MAP")]
     pub uid_map: Vec<String>,
 
-    /// User-namespace gid map (not implemented yet): as --translate-uid.
+    /// User-namespace gid map (not implemented yet): as --uid-map.
     #[arg(long, value_name = "MAP")]
     pub gid_map: Vec<String>,
 
@@ -430,12 +422,7 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
 fn review_pending(p: &PendingArgs, privileged: bool) -> Vec<Notice> {
     use Notice::{Ignored, Refused};
     let mut notes = Vec::new();
-    let maps = [
-        ("--translate-uid", &p.translate_uid),
-        ("--translate-gid", &p.translate_gid),
-        ("--uid-map", &p.uid_map),
-        ("--gid-map", &p.gid_map),
-    ];
+    let maps = [("--uid-map", &p.uid_map), ("--gid-map", &p.gid_map)];
     for (name, values) in maps.iter().filter(|(_, v)| !v.is_empty()) {
         notes.push(if privileged {
             Refused(format!(

@@ -38,6 +38,7 @@ pub enum DaemonError {
     SocketGroup(String, Option<io::Error>),
     SandboxUnavailable(SandboxMode),
     NoSharedMemory,
+    Options(String),
     Setup(String, io::Error),
     Frontend(String),
 }
@@ -119,6 +120,7 @@ impl fmt::Display for DaemonError {
                  (or `-machine memory-backend=mem`); vhost-user needs guest RAM in a shared memfd or file"
             ),
             Setup(what, e) => write!(f, "{what}: {e}"),
+            Options(msg) => write!(f, "{msg}"),
             Frontend(msg) => write!(f, "{msg}"),
         }
     }
@@ -313,8 +315,11 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
     let (unix_listener, created) = listener(opt)?;
 
     let fs = Arc::new(
-        Passthrough::new(&opt.shared_dir, opt.fs_config())
-            .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
+        Passthrough::new(
+            &opt.shared_dir,
+            opt.fs_config().map_err(DaemonError::Options)?,
+        )
+        .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
     );
     let device = Arc::new(
         FsDevice::new(Dispatcher::new(fs), opt.thread_pool_size)

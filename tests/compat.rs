@@ -262,13 +262,24 @@ const CASES: &[Case] = &[
         Refuse(&["--seccomp=kill", "SystemCallFilter"]),
     ),
     case(
-        "--translate-uid as root",
+        "--translate-uid as root (nixpkgs' squash)",
         &[
             "--socket-path={sock}",
             "--shared-dir={share}",
             "--translate-uid=squash-guest:0:1000:4294967295",
+            "--translate-gid=squash-guest:0:100:4294967295",
         ],
-        Refuse(&["--translate-uid"]),
+        Accept(&[]),
+    ),
+    case(
+        "--translate-uid with --posix-acl",
+        &[
+            "--socket-path={sock}",
+            "--shared-dir={share}",
+            "--posix-acl",
+            "--translate-uid=map:0:1000:1",
+        ],
+        Refuse(&["--posix-acl", "--translate-uid"]),
     ),
     case(
         "--inode-file-handles=mandatory",

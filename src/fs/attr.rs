@@ -44,13 +44,21 @@ impl Passthrough {
             }
         }
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
+            // The guest names its own ids; -1 (u32::MAX) leaves one unchanged. A guest id the
+            // translation forbids cannot own anything.
             let uid = if valid.contains(SetattrValid::UID) {
-                attr.st_uid
+                self.cfg
+                    .uid_map
+                    .to_host(attr.st_uid)
+                    .ok_or_else(|| err(libc::EPERM))?
             } else {
                 u32::MAX
             };
             let gid = if valid.contains(SetattrValid::GID) {
-                attr.st_gid
+                self.cfg
+                    .gid_map
+                    .to_host(attr.st_gid)
+                    .ok_or_else(|| err(libc::EPERM))?
             } else {
                 u32::MAX
             };

@@ -9,6 +9,7 @@ mod attr;
 mod creds;
 mod dir;
 mod handles;
+pub mod idmap;
 pub mod inodes;
 mod locks;
 pub mod open_flags;
@@ -89,6 +90,9 @@ pub struct Config {
     /// Serve POSIX ACLs (implies xattrs): the guest checks permissions with them and leaves the
     /// umask to us, since only the host knows whether a default ACL replaces it.
     pub posix_acl: bool,
+    /// uid and gid translation between guest and host (`--translate-uid/gid`).
+    pub uid_map: idmap::IdMap,
+    pub gid_map: idmap::IdMap,
 }
 
 impl Default for Config {
@@ -102,6 +106,8 @@ impl Default for Config {
             allow_direct_io: false,
             noatime: NoatimePolicy::Auto,
             posix_acl: false,
+            uid_map: idmap::IdMap::default(),
+            gid_map: idmap::IdMap::default(),
         }
     }
 }
@@ -241,8 +247,26 @@ impl Passthrough {
         }
     }
 
-    fn as_caller(&self, ctx: &Context) -> AsCaller {
-        AsCaller::new(self.can_switch_creds, ctx.uid, ctx.gid)
+    /// Act as the guest caller (its ids translated to the host's) for a creating syscall.
+    fn as_caller(&self, ctx: &Context) -> io::Result<AsCaller> {
+        let uid = self
+            .cfg
+            .uid_map
+            .to_host(ctx.uid)
+            .ok_or_else(|| err(libc::EPERM))?;
+        let gid = self
+            .cfg
+            .gid_map
+            .to_host(ctx.gid)
+            .ok_or_else(|| err(libc::EPERM))?;
+        Ok(AsCaller::new(self.can_switch_creds, uid, gid))
+    }
+
+    /// Attributes as the guest sees them: owners translated from host ids.
+    fn guest_attr(&self, mut st: Stat) -> Stat {
+        st.st_uid = self.cfg.uid_map.to_guest(st.st_uid);
+        st.st_gid = self.cfg.gid_map.to_guest(st.st_gid);
+        st
     }
 
     /// Run a creating syscall under the guest caller's umask when the guest left it to us
@@ -271,7 +295,7 @@ impl Passthrough {
         Entry {
             inode: inode.id,
             generation: 0,
-            attr: st,
+            attr: self.guest_attr(st),
             attr_flags: 0,
             attr_timeout: timeout,
             entry_timeout: timeout,
@@ -484,7 +508,7 @@ impl Passthrough {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
         let fd = {
-            let _as = self.as_caller(ctx);
+            let _as = self.as_caller(ctx)?;
             self.with_umask(args.umask, || {
                 sys::openat(
                     parent.fd(),
@@ -592,7 +616,7 @@ impl FileSystem for Passthrough {
     ) -> io::Result<(stat64, Duration)> {
         let inode = self.inodes.get(inode)?;
         let st = self.stat_inode(&inode, handle)?;
-        Ok((st, self.cfg.cache.timeout()))
+        Ok((self.guest_attr(st), self.cfg.cache.timeout()))
     }
 
     fn setattr(
@@ -611,7 +635,7 @@ impl FileSystem for Passthrough {
         };
         self.apply_setattr(&inode, h.as_deref(), &attr, valid)?;
         let st = self.stat_inode(&inode, None)?;
-        Ok((st, self.cfg.cache.timeout()))
+        Ok((self.guest_attr(st), self.cfg.cache.timeout()))
     }
 
     fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -633,7 +657,7 @@ impl FileSystem for Passthrough {
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
         {
-            let _as = self.as_caller(ctx);
+            let _as = self.as_caller(ctx)?;
             sys::symlinkat(linkname, parent.fd(), name)?;
         }
         self.created_entry(&parent, name)
@@ -652,7 +676,7 @@ impl FileSystem for Passthrough {
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
         {
-            let _as = self.as_caller(ctx);
+            let _as = self.as_caller(ctx)?;
             self.with_umask(umask, || {
                 sys::mknodat(parent.fd(), name, mode, u64::from(rdev))
             })?;
@@ -672,7 +696,7 @@ impl FileSystem for Passthrough {
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
         {
-            let _as = self.as_caller(ctx);
+            let _as = self.as_caller(ctx)?;
             self.with_umask(umask, || sys::mkdirat(parent.fd(), name, mode & 0o7777))?;
         }
         self.created_entry(&parent, name)
@@ -771,7 +795,7 @@ impl FileSystem for Passthrough {
             flags &= !libc::O_NOATIME;
         }
         let create = |flags: i32| {
-            let _as = self.as_caller(ctx);
+            let _as = self.as_caller(ctx)?;
             self.with_umask(args.umask, || {
                 sys::openat(parent.fd(), name, flags, args.mode & 0o7777)
             })
@@ -1049,7 +1073,7 @@ impl FileSystem for Passthrough {
         if mask & libc::W_OK as u32 != 0 && self.cfg.readonly {
             return Err(err(libc::EROFS));
         }
-        attr::check_access(&st, ctx.uid, ctx.gid, mask)
+        attr::check_access(&self.guest_attr(st), ctx.uid, ctx.gid, mask)
     }
 
     fn bmap(&self, _ctx: &Context, _inode: u64, _block: u64, _blocksize: u32) -> io::Result<u64> {
