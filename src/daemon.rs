@@ -312,14 +312,13 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
         return Err(DaemonError::SandboxUnavailable(opt.sandbox));
     }
     check_shared_dir(&opt.shared_dir)?;
+    // Options that cannot go together are refused before a socket exists.
+    let fs_config = opt.fs_config().map_err(DaemonError::Options)?;
     let (unix_listener, created) = listener(opt)?;
 
     let fs = Arc::new(
-        Passthrough::new(
-            &opt.shared_dir,
-            opt.fs_config().map_err(DaemonError::Options)?,
-        )
-        .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
+        Passthrough::new(&opt.shared_dir, fs_config)
+            .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
     );
     let device = Arc::new(
         FsDevice::new(Dispatcher::new(fs), opt.thread_pool_size)
