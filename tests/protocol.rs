@@ -423,6 +423,63 @@ fn names_and_links_cannot_reach_outside_the_share() {
     assert_eq!(std::fs::read_dir(env.canary()).unwrap().count(), 1);
 }
 
+/// CREATE of a name that already exists (no O_EXCL) opens what is there as OPEN would: never
+/// through a symlink, never a fifo (the host open would block a worker thread until a writer
+/// came), never a directory or device node. Found by the fuzz harness (fuzz/): O_CREAT|O_TRUNC on
+/// `abs-escape` truncated the file it points to, outside the share.
+#[test]
+fn create_of_an_existing_name_never_follows_or_blocks() {
+    let env = start(&[]);
+    let c = &env.client;
+    let trunc = libc::O_RDWR | libc::O_TRUNC;
+    for name in ["abs-escape", "rel-escape"] {
+        assert_eq!(
+            errno_of(c.create(FUSE_ROOT_ID, name, trunc, 0o644)),
+            Some(libc::ELOOP),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(env.canary().join("secret")).unwrap(),
+        b"CANARY"
+    );
+    c.call(vufsd_bench::ops::mknod(
+        FUSE_ROOT_ID,
+        b"fifo",
+        libc::S_IFIFO | 0o644,
+        0,
+        0,
+    ))
+    .unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(
+        errno_of(c.create(FUSE_ROOT_ID, "fifo", libc::O_RDONLY, 0o644)),
+        Some(libc::ENXIO)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "CREATE on a fifo waited"
+    );
+    assert_eq!(
+        errno_of(c.create(FUSE_ROOT_ID, "sub", libc::O_RDWR, 0o644)),
+        Some(libc::EISDIR)
+    );
+    // A regular file is opened, and truncated, as OPEN would; O_EXCL still refuses it.
+    let (e, o) = c.create(FUSE_ROOT_ID, "hello.txt", trunc, 0o644).unwrap();
+    assert_eq!(e.attr.size, 0);
+    assert_eq!(std::fs::read(env.share().join("hello.txt")).unwrap(), b"");
+    assert_eq!(
+        e.nodeid,
+        c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap().nodeid
+    );
+    c.release(e.nodeid, o.fh).unwrap();
+    assert_eq!(
+        errno_of(c.create(FUSE_ROOT_ID, "hello.txt", trunc | libc::O_EXCL, 0o644)),
+        Some(libc::EEXIST)
+    );
+    env.assert_alive("CREATE of existing names");
+}
+
 #[test]
 fn readonly_refuses_every_modification() {
     let env = start(&["--readonly"]);

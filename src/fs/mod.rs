@@ -351,6 +351,33 @@ impl Passthrough {
         self.open_with_policy(inode, flags)
     }
 
+    /// CREATE without O_EXCL of a name that exists: open it as OPEN would, through an O_PATH
+    /// lookup that never follows a symlink, so that only a regular file inside the share is ever
+    /// opened.
+    fn open_existing(
+        &self,
+        parent: &InodeData,
+        name: &CStr,
+        guest_flags: u32,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let (inode, _) = self.do_lookup(parent, name)?;
+        let opened = self.open_file(&inode, guest_flags).and_then(|h| {
+            // After the open: O_TRUNC may have changed the size.
+            let st = sys::stat_fd(h.fd())?;
+            Ok((st, self.handles.insert(h)?))
+        });
+        match opened {
+            Ok((st, fh)) => Ok((self.entry(&inode, st), Some(fh), self.open_options(), None)),
+            Err(e) => {
+                // The guest gets an error, so it will never forget this lookup.
+                if self.inodes.forget(inode.id, 1) {
+                    self.forget_locks(inode.id);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Reopen `inode` with host `flags`, applying the O_NOATIME policy: mask the flag where the
     /// host would refuse it, retry once without it if the host refuses anyway, and count what
     /// happened. Used for files and directories alike.
@@ -786,11 +813,15 @@ impl FileSystem for Passthrough {
         check_name(name)?;
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
+        // Only ever a new file: O_CREAT without O_EXCL would open whatever the name already is,
+        // following a symlink out of the share or opening a fifo (blocking this thread) or a
+        // device node. An existing name is opened below as OPEN would open it.
         let mut flags = open_flags::file_open_flags(args.flags, self.open_rules())
             | libc::O_CREAT
-            | (args.flags as i32 & libc::O_EXCL);
-        // The owner of an existing file is unknown until it is open, so `auto` tries the flag
-        // (a file we create is ours) and falls back on EPERM; `strip` removes it up front.
+            | libc::O_EXCL
+            | libc::O_NOFOLLOW;
+        // A file we create is ours, so `auto` passes the flag and falls back on EPERM (a
+        // caller we act as may not own it after all); `strip` removes it up front.
         if self.cfg.noatime == NoatimePolicy::Strip {
             flags &= !libc::O_NOATIME;
         }
@@ -800,11 +831,20 @@ impl FileSystem for Passthrough {
                 sys::openat(parent.fd(), name, flags, args.mode & 0o7777)
             })
         };
-        let fd = match create(flags) {
+        let created = match create(flags) {
             Err(e) if open_flags::retry_without_noatime(self.cfg.noatime, flags, &e) => {
                 flags &= !libc::O_NOATIME;
                 self.counters.record(Noatime::Retried);
-                create(flags)?
+                create(flags)
+            }
+            other => other,
+        };
+        let fd = match created {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && args.flags as i32 & libc::O_EXCL == 0 =>
+            {
+                return self.open_existing(&parent, name, args.flags);
             }
             other => other?,
         };
