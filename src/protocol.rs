@@ -6,8 +6,9 @@
 //!   invalid) itself, so an unknown opcode is a clean ENOSYS rather than a trip through the
 //!   Server's opcode table;
 //! - guarantees a reply for every request that needs one: when the Server gives up on a
-//!   malformed request without answering, the guest still gets EINVAL instead of waiting
-//!   forever.
+//!   malformed request without answering, the guest still gets EINVAL, and a chain whose
+//!   buffers fuse-backend-rs cannot map (one spanning two guest memory regions) gets EIO,
+//!   instead of waiting forever.
 
 use std::io::{self, Read, Write};
 use std::mem::size_of;
@@ -18,12 +19,12 @@ use fuse_backend_rs::abi::fuse_abi::{
     CopyFileRangeIn, CreateIn, EntryOut, InHeader, IoctlIn, IoctlOut, LkIn, LkOut, Opcode, OpenOut,
     OutHeader, WriteOut, LK_FLOCK,
 };
-use fuse_backend_rs::api::filesystem::Context;
+use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use log::{debug, warn};
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, Bytes, GuestMemory};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use crate::fs::Passthrough;
 use crate::sys;
@@ -41,10 +42,11 @@ fn is_no_reply(opcode: u32) -> bool {
 }
 
 /// Opcodes handed to fuse-backend-rs's Server. Decoded here instead: the lock opcodes
-/// (31-33; the Server 0.14 sends SETLKW down as a non-blocking SETLK) and IOCTL (39; its
-/// reply data cannot outlive the FileSystem call in the Server's API).
+/// (31-33; the Server 0.14 sends SETLKW down as a non-blocking SETLK), DESTROY (38; the
+/// Server 0.14 writes its reply but returns a used length of 0) and IOCTL (39; its reply data
+/// cannot outlive the FileSystem call in the Server's API).
 fn server_handles(opcode: u32) -> bool {
-    matches!(opcode, 1..=6 | 8..=18 | 20..=30 | 34..=35 | 37..=38 | 40 | 42..=46)
+    matches!(opcode, 1..=6 | 8..=18 | 20..=30 | 34..=35 | 37 | 40 | 42..=46)
 }
 
 /// Requests that may block for as long as another guest process pleases (a lock wait): they
@@ -76,19 +78,15 @@ impl Dispatcher {
         M: Deref + Clone,
         M::Target: GuestMemory + Sized,
     {
-        let Ok(mut r) = Reader::from_descriptor_chain(mem, chain.clone()) else {
-            return 0;
-        };
-        let (Ok(header), Ok(w)) = (r.read_obj::<InHeader>(), VirtioFsWriter::new(mem, chain))
-        else {
-            return 0;
-        };
-        u32::try_from(reply_error(w, header.unique, errno)).unwrap_or(0)
+        match Self::peek_header(mem, &chain) {
+            Some(header) => reply_error_direct(mem, &chain, header.unique, errno),
+            None => 0,
+        }
     }
 
-    /// The FUSE header of the request in `chain`, if it has one. Linux puts the header in a
-    /// descriptor of its own, so it is read straight from guest memory; a header split across
-    /// descriptors takes the general path.
+    /// The FUSE header of the request in `chain`, if it has one, read straight from guest
+    /// memory (Linux puts it in a descriptor of its own; a header split across descriptors is
+    /// gathered from the readable ones in order, as the Server's Reader would see it).
     pub fn peek_header<M>(mem: &M::Target, chain: &DescriptorChain<M>) -> Option<InHeader>
     where
         M: Deref + Clone,
@@ -101,8 +99,18 @@ impl Dispatcher {
         if first.len() as usize >= size_of::<InHeader>() {
             return mem.read_obj::<InHeader>(first.addr()).ok();
         }
-        let mut r = Reader::from_descriptor_chain(mem, chain.clone()).ok()?;
-        r.read_obj::<InHeader>().ok()
+        let mut buf = [0u8; size_of::<InHeader>()];
+        let mut done = 0;
+        for desc in chain.clone().readable() {
+            let take = (desc.len() as usize).min(buf.len() - done);
+            mem.read_slice(&mut buf[done..done + take], desc.addr())
+                .ok()?;
+            done += take;
+            if done == buf.len() {
+                return InHeader::from_slice(&buf).copied();
+            }
+        }
+        None
     }
 
     /// Serve one descriptor chain; returns the number of bytes written into it (the used
@@ -116,23 +124,26 @@ impl Dispatcher {
             warn!("dropping a request without a readable FUSE header");
             return 0;
         };
-        // Kept to answer on a fresh writer if the Server gives up without replying.
-        let spare = chain.clone();
+        let opcode = header.opcode;
+        // fuse-backend-rs maps each buffer inside one memory region: one that is not guest
+        // memory, or that spans two regions, fails here. Answer EIO where the reply buffer
+        // still takes a header, so that the guest does not wait forever.
+        let unusable = |what: &str, e: &dyn std::fmt::Display| {
+            warn!("a request with unusable {what} buffers: {e}");
+            if is_no_reply(opcode) {
+                0
+            } else {
+                reply_error_direct(mem, &chain, header.unique, libc::EIO)
+            }
+        };
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
-            Err(e) => {
-                warn!("dropping a request with unusable readable buffers: {e}");
-                return 0;
-            }
+            Err(e) => return unusable("readable", &e),
         };
-        let writer = match VirtioFsWriter::new(mem, chain) {
+        let writer = match VirtioFsWriter::new(mem, chain.clone()) {
             Ok(w) => w,
-            Err(e) => {
-                warn!("dropping a request with unusable writable buffers: {e}");
-                return 0;
-            }
+            Err(e) => return unusable("writable", &e),
         };
-        let opcode = header.opcode;
         let written = if server_handles(opcode) {
             match self
                 .server
@@ -145,10 +156,7 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     warn!("malformed request (opcode {opcode}): {e}; replying EINVAL");
-                    match VirtioFsWriter::new(mem, spare) {
-                        Ok(w) => reply_error(w, header.unique, libc::EINVAL),
-                        Err(_) => 0,
-                    }
+                    return reply_error_direct(mem, &chain, header.unique, libc::EINVAL);
                 }
             }
         } else if is_no_reply(opcode) {
@@ -179,6 +187,10 @@ impl Dispatcher {
                     self.lock(&header, &mut peek, writer)
                 }
                 FUSE_TMPFILE => self.tmpfile(&header, &mut peek, writer),
+                x if x == Opcode::Destroy as u32 => {
+                    self.fs.destroy();
+                    reply_ok(writer, header.unique, &[])
+                }
                 x if x == Opcode::Ioctl as u32 => self.ioctl(&header, &mut peek, writer),
                 // What is left is a protocol feature we do not offer (DAX mappings, statx, ...)
                 // or not an opcode at all.
@@ -334,6 +346,51 @@ impl Dispatcher {
     }
 }
 
+/// Answer with `errno` by writing the out header straight into the chain's writable buffers
+/// (in order, across regions if need be): for chains the Server's Writer cannot map, and
+/// requests it gave up on. All or nothing: returns the used length, 0 if the header does not fit
+/// in guest memory.
+fn reply_error_direct<M>(
+    mem: &M::Target,
+    chain: &DescriptorChain<M>,
+    unique: u64,
+    errno: i32,
+) -> u32
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    let header = OutHeader {
+        len: size_of::<OutHeader>() as u32,
+        error: -errno,
+        unique,
+    };
+    let bytes = header.as_slice();
+    let mut parts: Vec<(GuestAddress, std::ops::Range<usize>)> = Vec::new();
+    let mut done = 0;
+    for desc in chain.clone().writable() {
+        if done == bytes.len() {
+            break;
+        }
+        let take = (desc.len() as usize).min(bytes.len() - done);
+        if !mem.check_range(desc.addr(), take) {
+            return 0;
+        }
+        parts.push((desc.addr(), done..done + take));
+        done += take;
+    }
+    if done < bytes.len() {
+        return 0;
+    }
+    for (addr, range) in parts {
+        if let Err(e) = mem.write_slice(&bytes[range], addr) {
+            warn!("cannot write an error reply into the guest's buffer: {e}");
+            return 0;
+        }
+    }
+    header.len
+}
+
 fn reply_ok<S: vm_memory::bitmap::BitmapSlice>(
     mut w: VirtioFsWriter<'_, S>,
     unique: u64,
@@ -398,6 +455,7 @@ mod tests {
             31,
             32,
             33,
+            38,
             39,
             47,
             48,
@@ -410,7 +468,7 @@ mod tests {
         ] {
             assert!(!server_handles(op), "opcode {op}");
         }
-        for op in [1, 3, 14, 15, 16, 26, 38, 40, 44, 46] {
+        for op in [1, 3, 14, 15, 16, 26, 37, 40, 44, 46] {
             assert!(server_handles(op), "opcode {op}");
         }
         assert!(!server_handles(Opcode::Interrupt as u32));
