@@ -212,7 +212,14 @@ fn cleanup_request(known: &mut Known, opcode: u32, node: u64, body: &[u8], pad: 
 /// VUFSD_FUZZ_TRACE=1 prints every request and its outcome (for replaying one input).
 fn trace() -> bool {
     static TRACE: OnceLock<bool> = OnceLock::new();
-    *TRACE.get_or_init(|| std::env::var_os("VUFSD_FUZZ_TRACE").is_some_and(|v| v == "1"))
+    *TRACE.get_or_init(|| {
+        let on = std::env::var_os("VUFSD_FUZZ_TRACE").is_some_and(|v| v == "1");
+        if on {
+            // The daemon's own log lines too (why a request was refused).
+            vufsd::logger::init(log::LevelFilter::Debug);
+        }
+        on
+    })
 }
 
 fn no_reply(opcode: u32) -> bool {

@@ -280,7 +280,8 @@ const HDR: u32 = std::mem::size_of::<InHeader>() as u32;
 const OUT: u32 = 16;
 const ENTRY: u32 = std::mem::size_of::<EntryOut>() as u32;
 const OPEN_OUT: u32 = std::mem::size_of::<OpenOut>() as u32;
-const ATTR_OUT: u32 = 16 + std::mem::size_of::<Attr>() as u32;
+/// fuse_attr_out: timeouts, then the attributes.
+const ATTR_OUT: u32 = OUT + 16 + std::mem::size_of::<Attr>() as u32;
 
 fn capped(size: u64) -> u32 {
     OUT + size.min(u64::from(MAX_SEG - OUT)) as u32
