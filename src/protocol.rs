@@ -5,6 +5,9 @@
 //! - answers opcodes the Server does not know (COPY_FILE_RANGE, SYNCFS, and anything newer or
 //!   invalid) itself, so an unknown opcode is a clean ENOSYS rather than a trip through the
 //!   Server's opcode table;
+//! - serves a request only if its reply will fit: a filesystem operation whose reply cannot be
+//!   delivered (a node id, a handle, "the write happened") would leave the daemon holding what
+//!   the guest never learnt of, or the guest believing the opposite of what happened;
 //! - guarantees a reply for every request that needs one: when the Server gives up on a
 //!   malformed request without answering, the guest still gets EINVAL, and a chain whose
 //!   buffers fuse-backend-rs cannot map (one spanning two guest memory regions) gets EIO,
@@ -16,8 +19,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CopyFileRangeIn, CreateIn, EntryOut, InHeader, IoctlIn, IoctlOut, LkIn, LkOut, Opcode, OpenOut,
-    OutHeader, WriteOut, LK_FLOCK,
+    AttrOut, CopyFileRangeIn, CreateIn, EntryOut, InHeader, IoctlIn, IoctlOut, LkIn, LkOut, Opcode,
+    OpenOut, OutHeader, StatfsOut, WriteOut, LK_FLOCK,
 };
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::api::server::Server;
@@ -47,6 +50,29 @@ fn is_no_reply(opcode: u32) -> bool {
 /// cannot outlive the FileSystem call in the Server's API).
 fn server_handles(opcode: u32) -> bool {
     matches!(opcode, 1..=6 | 8..=18 | 20..=30 | 34..=35 | 37 | 40 | 42..=46)
+}
+
+/// The size of the reply to `opcode` when it is one of fixed size: what a guest must leave room
+/// for before the request is served. None for variable-size replies (READ, READDIR, xattrs,
+/// IOCTL, ...), which the Server and the filesystem fit into the buffer, and for INIT, whose
+/// reply size depends on the protocol version.
+fn fixed_reply_len(opcode: u32) -> Option<usize> {
+    let entry = size_of::<OutHeader>() + size_of::<EntryOut>();
+    let attr = size_of::<OutHeader>() + size_of::<AttrOut>();
+    let open = size_of::<OutHeader>() + size_of::<OpenOut>();
+    let header = size_of::<OutHeader>();
+    Some(match opcode {
+        1 | 6 | 8 | 9 | 13 => entry, // LOOKUP SYMLINK MKNOD MKDIR LINK
+        3 | 4 => attr,               // GETATTR SETATTR
+        14 | 27 => open,             // OPEN OPENDIR
+        35 | FUSE_TMPFILE => entry + size_of::<OpenOut>(), // CREATE TMPFILE
+        16 | 47 => header + size_of::<WriteOut>(), // WRITE COPY_FILE_RANGE
+        17 => header + size_of::<StatfsOut>(),
+        31 => header + size_of::<LkOut>(), // GETLK
+        37 | 40 | 46 => header + 8,        // BMAP POLL LSEEK
+        10..=12 | 18 | 20 | 21 | 24 | 25 | 29 | 30 | 32..=34 | 38 | 43 | 45 | FUSE_SYNCFS => header,
+        _ => return None,
+    })
 }
 
 /// Requests that may block for as long as another guest process pleases (a lock wait): they
@@ -144,6 +170,17 @@ impl Dispatcher {
             Ok(w) => w,
             Err(e) => return unusable("writable", &e),
         };
+        if let Some(need) = fixed_reply_len(opcode) {
+            if writer.available_bytes() < need {
+                warn!(
+                    "a request (opcode {opcode}) whose reply cannot fit: {} bytes for {need}; \
+                     replying EINVAL without serving it",
+                    writer.available_bytes()
+                );
+                return u32::try_from(reply_error(writer, header.unique, libc::EINVAL))
+                    .unwrap_or(0);
+            }
+        }
         let written = if server_handles(opcode) {
             match self
                 .server

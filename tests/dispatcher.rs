@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{
+    CreateIn, InHeader, MkdirIn, OpenIn, OpenOut, OutHeader, ReadIn, WriteIn,
+};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
@@ -12,7 +14,13 @@ use vufsd::fs::{Config, Passthrough};
 use vufsd::protocol::Dispatcher;
 
 const LOOKUP: u32 = 1;
+const MKDIR: u32 = 9;
+const OPEN: u32 = 14;
+const WRITE_OP: u32 = 16;
+const OPENDIR: u32 = 27;
 const DESTROY: u32 = 38;
+const READDIRPLUS: u32 = 44;
+const TMPFILE: u32 = 51;
 const WRITE: u16 = 2;
 /// Two regions, back to back: guest-physically contiguous, mapped apart.
 const REGION: u64 = 0x10000;
@@ -48,15 +56,27 @@ fn env(name: &str) -> Env {
 }
 
 fn header(opcode: u32, body_len: usize) -> Vec<u8> {
+    header_for(opcode, 1, body_len)
+}
+
+fn header_for(opcode: u32, nodeid: u64, body_len: usize) -> Vec<u8> {
     InHeader {
         len: (40 + body_len) as u32,
         opcode,
         unique: 77,
-        nodeid: 1,
+        nodeid,
         ..Default::default()
     }
     .as_slice()
     .to_vec()
+}
+
+/// A request: header for `nodeid`, then the body parts.
+fn request(opcode: u32, nodeid: u64, parts: &[&[u8]]) -> Vec<u8> {
+    let body: Vec<u8> = parts.concat();
+    let mut r = header_for(opcode, nodeid, body.len());
+    r.extend(body);
+    r
 }
 
 impl Env {
@@ -126,4 +146,122 @@ fn buffers_spanning_two_memory_regions_get_eio() {
     // And the same request in buffers within one region is served.
     let (used, out) = e.serve(&[(0x1000, lookup)], &[(0x2000, 144)]);
     assert_eq!((used, out.error), (144, 0));
+}
+
+/// A request whose fixed-size reply cannot fit in the guest's buffer is refused (EINVAL) before
+/// the filesystem acts: a LOOKUP used to take a reference the guest never learnt of (so never
+/// forgot), a MKDIR made a directory the guest was told it had not, an OPEN left a handle
+/// behind, a TMPFILE got no reply at all (found by the fuzz harness: the tables no longer
+/// shrank back to the root once everything handed out was returned).
+#[test]
+fn a_reply_that_cannot_fit_is_refused_before_serving() {
+    let e = env("nofit");
+    let fs = e.dispatcher.fs().clone();
+    let short = [(0x2000u64, 16u32)];
+    let refused = |(used, out): (u32, OutHeader)| {
+        assert_eq!(used, 16);
+        assert_eq!((out.len, out.error, out.unique), (16, -libc::EINVAL, 77));
+    };
+    refused(e.serve(&[(0x1000, request(LOOKUP, 1, &[b"hello.txt\0"]))], &short));
+    let mkdir = MkdirIn {
+        mode: 0o755,
+        umask: 0,
+    };
+    refused(e.serve(
+        &[(0x1000, request(MKDIR, 1, &[mkdir.as_slice(), b"d\0"]))],
+        &short,
+    ));
+    assert!(
+        !e.dir.join("d").exists(),
+        "MKDIR acted on a refused request"
+    );
+    let create = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o600,
+        ..Default::default()
+    };
+    refused(e.serve(
+        &[(0x1000, request(TMPFILE, 1, &[create.as_slice()]))],
+        &short,
+    ));
+    assert_eq!(
+        fs.table_sizes(),
+        (1, 0),
+        "references held for refused requests"
+    );
+
+    // A real lookup, then an OPEN and a WRITE that cannot be answered.
+    let (used, _) = e.serve(
+        &[(0x1000, request(LOOKUP, 1, &[b"hello.txt\0"]))],
+        &[(0x2000, 144)],
+    );
+    assert_eq!(used, 144);
+    let node: u64 = e.mem.read_obj(GuestAddress(0x2010)).unwrap();
+    let open = OpenIn {
+        flags: libc::O_RDWR as u32,
+        fuse_flags: 0,
+    };
+    refused(e.serve(&[(0x1000, request(OPEN, node, &[open.as_slice()]))], &short));
+    assert_eq!(fs.table_sizes(), (2, 0), "a handle held for a refused OPEN");
+    let (used, _) = e.serve(
+        &[(0x1000, request(OPEN, node, &[open.as_slice()]))],
+        &[(0x2000, 32)],
+    );
+    assert_eq!(used, 32);
+    let fh: u64 = e.mem.read_obj(GuestAddress(0x2010)).unwrap();
+    let write = WriteIn {
+        fh,
+        size: 3,
+        ..Default::default()
+    };
+    refused(e.serve(
+        &[(0x1000, request(WRITE_OP, node, &[write.as_slice(), b"XYZ"]))],
+        &short,
+    ));
+    assert_eq!(std::fs::read(e.dir.join("hello.txt")).unwrap(), b"hello");
+}
+
+/// READDIRPLUS into a buffer smaller than the size it asks for (header included): the Server's
+/// writes fail part-way, and the lookups of the entries it did not deliver used to stay counted
+/// (found by the fuzz harness).
+#[test]
+fn readdirplus_into_a_short_buffer_leaves_no_lookups() {
+    let e = env("readdirplus");
+    for i in 0..20 {
+        std::fs::write(e.dir.join(format!("f{i:02}")), b"x").unwrap();
+    }
+    let fs = e.dispatcher.fs().clone();
+    let open = OpenIn::default();
+    let (used, _) = e.serve(
+        &[(0x1000, request(OPENDIR, 1, &[open.as_slice()]))],
+        &[(0x2000, 32)],
+    );
+    assert_eq!(used, 32);
+    let fh = e.mem.read_obj::<OpenOut>(GuestAddress(0x2010)).unwrap().fh;
+    // Every entry here takes 160 bytes (entry_out 128, dirent 24, a name of at most 8): the
+    // seventh ends at 1120, which the Server checks against `size` but writes into `size` - 16.
+    let read = ReadIn {
+        fh,
+        size: 1120,
+        ..Default::default()
+    };
+    // Exactly `size` bytes: 16 short of the header plus `size`.
+    let (used, out) = e.serve(
+        &[(0x1000, request(READDIRPLUS, 1, &[read.as_slice()]))],
+        &[(0x4000, 1120)],
+    );
+    assert_eq!((used, out.len), (16, 16), "an error reply");
+    assert!(out.error < 0);
+    assert_eq!(
+        fs.table_sizes(),
+        (1, 1),
+        "lookups left by a failed READDIRPLUS"
+    );
+    // With room for the header it works, and hands out references.
+    let (used, out) = e.serve(
+        &[(0x1000, request(READDIRPLUS, 1, &[read.as_slice()]))],
+        &[(0x4000, 1120 + 16)],
+    );
+    assert_eq!((out.error, out.len), (0, used));
+    assert!(fs.table_sizes().0 > 1);
 }

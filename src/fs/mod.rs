@@ -1066,7 +1066,10 @@ impl FileSystem for Passthrough {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let dir = self.dir_inode(inode)?;
-        self.do_readdir(inode, handle, size, offset, |e| {
+        // Lookups counted for entries handed to the Server, undone if the call fails: the guest
+        // then gets an error reply and learns of none of them.
+        let mut counted = Vec::new();
+        let result = self.do_readdir(inode, handle, size, offset, |e| {
             let dirent = DirEntry {
                 ino: e.ino,
                 offset: e.next_off,
@@ -1089,13 +1092,25 @@ impl FileSystem for Passthrough {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
                 Err(e) => return Err(e),
             };
-            let added = add_entry(dirent, self.entry(&child, st))?;
-            if added == 0 {
-                // The reply is full: the guest will not learn of this lookup, so undo it.
-                self.inodes.forget(child.id, 1);
+            // A full reply (0) or a failed one (the guest's buffer is smaller than the size it
+            // asked for): either way the guest will not learn of this lookup, so undo it.
+            match add_entry(dirent, self.entry(&child, st)) {
+                Ok(added) if added > 0 => {
+                    counted.push(child.id);
+                    Ok(added)
+                }
+                other => {
+                    self.inodes.forget(child.id, 1);
+                    other
+                }
             }
-            Ok(added)
-        })
+        });
+        if result.is_err() {
+            for id in counted {
+                self.inodes.forget(id, 1);
+            }
+        }
+        result
     }
 
     fn fsyncdir(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
