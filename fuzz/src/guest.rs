@@ -137,6 +137,23 @@ pub struct Built {
 }
 
 impl Built {
+    /// Whether a writable buffer shares bytes with a readable one (then the writable buffer's
+    /// initial content is not the fill pattern).
+    pub fn aliased(&self, layout: &Layout) -> bool {
+        let ranges: Vec<(bool, u64, u64)> = layout
+            .segs
+            .iter()
+            .zip(&self.addrs)
+            .map(|(s, &a)| (s.writable, a, a.saturating_add(u64::from(s.len))))
+            .collect();
+        ranges.iter().filter(|r| r.0).any(|w| {
+            ranges
+                .iter()
+                .filter(|r| !r.0)
+                .any(|r| w.1 < r.2 && r.1 < w.2)
+        })
+    }
+
     /// The first `n` bytes of the readable stream as the device will see it (the request
     /// header, for n = 40), if they are all guest memory.
     pub fn readable_prefix(

@@ -247,10 +247,10 @@ fn exchange(d: &Dispatcher, mem: &GuestMemoryMmap, req: &Request, known: &mut Kn
             .and_then(|b| OutHeader::from_slice(b.get(..16)?).copied())
             .map(|o| o.error);
         eprintln!(
-            "op {:>2} node {:#x} body {}B layout {}r/{}w{} -> used {used} error {error:?}",
+            "op {:>2} node {:#x} body {:02x?} layout {}r/{}w{} -> used {used} error {error:?}",
             req.header.opcode,
             req.header.nodeid,
-            req.body.len(),
+            req.body,
             req.layout.segs.iter().filter(|s| !s.writable).count(),
             req.layout.segs.iter().filter(|s| s.writable).count(),
             if req.layout.well_formed(bytes.len()) {
@@ -285,7 +285,7 @@ fn exchange(d: &Dispatcher, mem: &GuestMemoryMmap, req: &Request, known: &mut Kn
         assert_eq!(used, 0, "a reply to a request that takes none; {}", ctx());
         return;
     }
-    if used == 0 {
+    if used == 0 && !built.aliased(&req.layout) {
         if let Ok(start) = guest::gather(mem, &req.layout, &built, 16) {
             assert!(
                 start.iter().all(|&b| b == 0x5a),
@@ -293,6 +293,8 @@ fn exchange(d: &Dispatcher, mem: &GuestMemoryMmap, req: &Request, known: &mut Kn
                 ctx()
             );
         }
+    }
+    if used == 0 {
         assert!(
             !req.layout.well_formed(bytes.len()),
             "no reply to a well-formed chain: the guest would wait forever; {}",
