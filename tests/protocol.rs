@@ -480,6 +480,53 @@ fn create_of_an_existing_name_never_follows_or_blocks() {
     env.assert_alive("CREATE of existing names");
 }
 
+/// POSIX locks are for regular files: a SETLK on a directory handle used to get a lock file
+/// (an fd) for every new lock owner, and on the root, which is never forgotten, those fds stayed
+/// for the daemon's life (found by the fuzz harness). flock on a directory handle still works: it
+/// takes the handle's own fd and goes with it.
+#[test]
+fn posix_locks_on_directories_hold_nothing() {
+    let env = start(&[]);
+    let c = &env.client;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", env.daemon.pid()))
+            .unwrap()
+            .count()
+    };
+    let dir = c.opendir(FUSE_ROOT_ID).unwrap().fh;
+    let before = fds();
+    let lk = |owner: u64, op: u32, lk_flags: u32| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&dir.to_ne_bytes());
+        body.extend_from_slice(&owner.to_ne_bytes());
+        body.extend_from_slice(&0u64.to_ne_bytes()); // start
+        body.extend_from_slice(&(i64::MAX as u64).to_ne_bytes()); // end
+        body.extend_from_slice(&(libc::F_RDLCK as u32).to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        body.extend_from_slice(&lk_flags.to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes()); // padding
+        FuseRequest::new(op, FUSE_ROOT_ID).bytes(&body).out(24)
+    };
+    for owner in 0..20 {
+        assert_eq!(
+            errno_of(c.request(&lk(owner, opcode::SETLK, 0))),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            errno_of(c.request(&lk(owner, opcode::GETLK, 0))),
+            Some(libc::EINVAL)
+        );
+    }
+    assert_eq!(fds(), before, "fds held for locks on a directory");
+    c.request(&lk(1, opcode::SETLK, 1)).unwrap(); // FUSE_LK_FLOCK
+    c.releasedir(FUSE_ROOT_ID, dir).unwrap();
+    assert_eq!(
+        fds(),
+        before - 1,
+        "the directory handle is gone, and nothing else is held"
+    );
+}
+
 #[test]
 fn readonly_refuses_every_modification() {
     let env = start(&["--readonly"]);

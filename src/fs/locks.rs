@@ -76,7 +76,15 @@ fn from_flock(fl: &libc::flock64) -> FileLock {
 
 impl Passthrough {
     /// The open file holding `owner`'s locks on `inode`, created on first use.
+    ///
+    /// Regular files only. A guest kernel locks directories itself (FUSE has no lock operation
+    /// for them), and a lock file kept for a directory could outlive every handle: the root is
+    /// never forgotten, so a guest naming a new owner in each SETLK on it would make the daemon
+    /// hold one more fd each time, for good (found by the fuzz harness).
     fn lock_file(&self, inode: &InodeData, h: &HandleData, owner: u64) -> io::Result<Arc<OwnedFd>> {
+        if !inode.is_reg() {
+            return Err(err(libc::EINVAL));
+        }
         let mut files = self.locks.files.lock().map_err(|_| err(libc::ENOLCK))?;
         if let Some(f) = files.get(&(inode.id, owner)) {
             return Ok(f.clone());
