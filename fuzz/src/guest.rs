@@ -131,51 +131,75 @@ impl Layout {
     }
 }
 
-/// Where each segment of a built chain ended up.
+/// The chain as the device sees it: its descriptors in iteration order, (writable, address,
+/// length). A looped chain repeats descriptors until virtio-queue's limit, so this is the
+/// ground truth for "the writable bytes" rather than the layout.
 pub struct Built {
-    addrs: Vec<u64>,
+    descs: Vec<(bool, u64, u32)>,
 }
 
 impl Built {
+    pub fn writable_len(&self) -> u64 {
+        self.descs
+            .iter()
+            .filter(|d| d.0)
+            .map(|d| u64::from(d.2))
+            .sum()
+    }
+
     /// Whether a writable buffer shares bytes with a readable one (then the writable buffer's
     /// initial content is not the fill pattern).
-    pub fn aliased(&self, layout: &Layout) -> bool {
-        let ranges: Vec<(bool, u64, u64)> = layout
-            .segs
-            .iter()
-            .zip(&self.addrs)
-            .map(|(s, &a)| (s.writable, a, a.saturating_add(u64::from(s.len))))
-            .collect();
-        ranges.iter().filter(|r| r.0).any(|w| {
-            ranges
+    pub fn aliased(&self) -> bool {
+        let end = |d: &(bool, u64, u32)| d.1.saturating_add(u64::from(d.2));
+        self.descs.iter().filter(|w| w.0).any(|w| {
+            self.descs
                 .iter()
                 .filter(|r| !r.0)
-                .any(|r| w.1 < r.2 && r.1 < w.2)
+                .any(|r| w.1 < end(r) && r.1 < end(w))
         })
+    }
+
+    /// Whether two writable descriptors share bytes (a looped chain repeats one): a reply
+    /// written into them is overwritten by itself, and its bytes cannot be checked.
+    pub fn writable_overlap(&self) -> bool {
+        let end = |d: &(bool, u64, u32)| d.1.saturating_add(u64::from(d.2));
+        let w: Vec<_> = self.descs.iter().filter(|d| d.0 && d.2 > 0).collect();
+        w.iter()
+            .enumerate()
+            .any(|(i, a)| w[i + 1..].iter().any(|b| a.1 < end(b) && b.1 < end(a)))
     }
 
     /// The first `n` bytes of the readable stream as the device will see it (the request
     /// header, for n = 40), if they are all guest memory.
-    pub fn readable_prefix(
-        &self,
-        mem: &GuestMemoryMmap,
-        layout: &Layout,
-        n: usize,
-    ) -> Option<Vec<u8>> {
+    pub fn readable_prefix(&self, mem: &GuestMemoryMmap, n: usize) -> Option<Vec<u8>> {
+        self.stream(mem, false, n).ok()
+    }
+
+    /// The first `used` bytes the device wrote, gathered from the writable descriptors in
+    /// chain order. Err if they would have to come from outside guest memory.
+    pub fn gather(&self, mem: &GuestMemoryMmap, used: u32) -> Result<Vec<u8>, String> {
+        self.stream(mem, true, used as usize)
+    }
+
+    fn stream(&self, mem: &GuestMemoryMmap, writable: bool, n: usize) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(n);
-        for (seg, &addr) in layout.segs.iter().zip(&self.addrs) {
+        for &(w, addr, len) in &self.descs {
             if out.len() >= n {
                 break;
             }
-            if seg.writable {
+            if w != writable {
                 continue;
             }
-            let take = (n - out.len()).min(seg.len as usize);
+            let take = (n - out.len()).min(len as usize);
             let mut buf = vec![0u8; take];
-            mem.read_slice(&mut buf, GuestAddress(addr)).ok()?;
+            mem.read_slice(&mut buf, GuestAddress(addr))
+                .map_err(|e| format!("bytes at {addr:#x}+{take} are not guest memory: {e}"))?;
             out.extend_from_slice(&buf);
         }
-        (out.len() >= n).then_some(out)
+        if out.len() < n {
+            return Err(format!("{n} bytes wanted, the chain has {}", out.len()));
+        }
+        Ok(out)
     }
 }
 
@@ -265,7 +289,14 @@ pub fn build<'m>(
     mem.write_obj(1u16, GuestAddress(AVAIL_RING + 2)).ok();
     mem.write_obj(0u16, GuestAddress(AVAIL_RING + 4)).ok();
     let chain = pop(mem);
-    (Built { addrs }, chain)
+    let descs = chain
+        .clone()
+        .map(|c| {
+            c.map(|d| (d.is_write_only(), d.addr().0, d.len()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (Built { descs }, chain)
 }
 
 fn pop(mem: &GuestMemoryMmap) -> Option<DescriptorChain<&GuestMemoryMmap>> {
@@ -296,35 +327,4 @@ fn write_partial(mem: &GuestMemoryMmap, addr: u64, buf: &[u8]) {
     for (i, b) in buf.iter().enumerate() {
         let _ = mem.write_obj(*b, GuestAddress(addr.wrapping_add(i as u64)));
     }
-}
-
-/// The first `used` bytes the device wrote, gathered from the writable segments in chain order.
-/// Err if they would have to come from outside guest memory.
-pub fn gather(
-    mem: &GuestMemoryMmap,
-    layout: &Layout,
-    built: &Built,
-    used: u32,
-) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(used as usize);
-    for (seg, &addr) in layout.segs.iter().zip(&built.addrs) {
-        if out.len() >= used as usize {
-            break;
-        }
-        if !seg.writable {
-            continue;
-        }
-        let take = (used as usize - out.len()).min(seg.len as usize);
-        let mut buf = vec![0u8; take];
-        mem.read_slice(&mut buf, GuestAddress(addr))
-            .map_err(|e| format!("reply bytes at {addr:#x}+{take} are not guest memory: {e}"))?;
-        out.extend_from_slice(&buf);
-    }
-    if out.len() < used as usize {
-        return Err(format!(
-            "used length {used} but only {} writable bytes",
-            out.len()
-        ));
-    }
-    Ok(out)
 }

@@ -188,6 +188,8 @@ pub struct Known {
     /// Open handles: (fh, node id).
     pub handles: Vec<(u64, u64)>,
     pub unique: u64,
+    /// A reply was written where it overwrote itself: what it handed out is unknown.
+    pub unaccountable: bool,
 }
 
 impl Known {
