@@ -136,6 +136,10 @@ fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
+fn is_xattr_opcode(opcode: u32) -> bool {
+    (Opcode::Setxattr as u32..=Opcode::Removexattr as u32).contains(&opcode)
+}
+
 /// Names from the guest are single path components: a '/' would let `*at` calls walk.
 fn check_name(name: &CStr) -> io::Result<()> {
     let bytes = name.to_bytes();
@@ -210,8 +214,8 @@ impl Passthrough {
         };
         let count = seen.entry(opcode).or_insert(0);
         if *count == 0 {
-            if (Opcode::Setxattr as u32..=Opcode::Removexattr as u32).contains(&opcode) {
-                info!("the guest asked for extended attributes, which are off (--xattr serves them): ENOSYS");
+            if is_xattr_opcode(opcode) {
+                debug!("the guest asked for extended attributes, which are off (--xattr serves them): ENOSYS");
             } else {
                 info!("the guest sent FUSE opcode {opcode}, which vufsd does not serve: ENOSYS");
             }
@@ -219,11 +223,17 @@ impl Passthrough {
         *count += 1;
     }
 
-    /// Opcodes answered ENOSYS so far, with counts.
+    /// Opcodes answered ENOSYS so far, with counts; the xattr opcodes answered so because
+    /// xattrs are off are left out (that is configuration, not a missing feature).
     pub fn unsupported_opcodes(&self) -> Vec<(u32, u64)> {
         self.unsupported
             .lock()
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !is_xattr_opcode(**k))
+                    .map(|(k, v)| (*k, *v))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
