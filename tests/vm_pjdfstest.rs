@@ -188,13 +188,14 @@ pub fn run_suite(kind: DaemonKind, mode: Mode) -> Option<Summary> {
             .spawn(dir.path())
     });
 
-    let expected: Vec<String> = match mode {
+    let mut expected: Vec<String> = match mode {
         Mode::Readonly => READONLY_LIMITS
             .iter()
             .map(|(n, _)| format!("{n:?}"))
             .collect(),
         _ => Vec::new(),
     };
+    expected.extend(RACY.iter().map(|(n, _)| format!("{n:?}")));
     let config = CONFIG
         .replace(
             "ALLOW_REMOUNT",
