@@ -415,12 +415,13 @@ fn namespace_as_root() {
 }
 
 /// Root, `--sandbox=chroot`: the same process, in the host's namespaces, rooted at the share.
+/// (With a thread pool, so that its threads run under the seccomp filter too.)
 #[test]
 fn chroot_as_root() {
     let Some(()) = require_vm() else { return };
     let share = Share::new("sandbox_chroot", None);
     let mut daemon = DaemonSpec::fs(Ok(vufsd_bin()), &share.socket(), &share.share)
-        .args(["--sandbox", "chroot", "--xattr"])
+        .args(["--sandbox", "chroot", "--xattr", "--thread-pool-size=4"])
         .spawn(share.dir.path());
     let p = server(&mut daemon, false);
     for kind in ["mnt", "pid", "net", "user"] {

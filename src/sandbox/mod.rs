@@ -76,6 +76,8 @@ pub enum SandboxError {
         err: io::Error,
         unprivileged: bool,
     },
+    /// A step of the namespace sandbox that namespaces being forbidden cannot explain.
+    Process(&'static str, io::Error),
     Chroot(&'static str, io::Error),
     Proc(io::Error),
     Groups(io::Error),
@@ -110,6 +112,9 @@ impl fmt::Display for SandboxError {
                  not allowed here (a container without CAP_SYS_ADMIN?): use --sandbox=chroot, \
                  or --sandbox=none inside a sandbox of your own"
             ),
+            SandboxError::Process(what, err) => {
+                write!(f, "cannot set up --sandbox=namespace: {what}: {err}")
+            }
             SandboxError::Chroot(what, err) => write!(
                 f,
                 "cannot set up --sandbox=chroot: {what}: {err}: use --sandbox=none inside a \
@@ -236,11 +241,8 @@ pub fn restrict_syscalls(cfg: &Config) -> Result<(), SandboxError> {
             Ok(())
         }
         Some(action) => {
-            seccomp::install(action).map_err(SandboxError::Seccomp)?;
-            info!(
-                "seccomp: {action} on calls outside an allowlist of {}",
-                seccomp::allowed_count()
-            );
+            let allowed = seccomp::install(action).map_err(SandboxError::Seccomp)?;
+            info!("seccomp: {action} on calls outside an allowlist of {allowed}");
             Ok(())
         }
     }

@@ -54,6 +54,7 @@ impl Supervisor {
     }
 }
 
+/// A failed step of creating or entering the namespaces: the host may not allow them.
 fn step(what: &'static str, unprivileged: bool) -> impl Fn(io::Error) -> SandboxError {
     move |err| SandboxError::Namespace {
         what,
@@ -70,7 +71,7 @@ pub fn enter(shared_dir: &Path, as_root: bool) -> Result<Entered, SandboxError> 
     // resolved against a different tree.
     let shared_dir = shared_dir
         .canonicalize()
-        .map_err(step("resolve --shared-dir", unprivileged))?;
+        .map_err(|e| SandboxError::Process("resolve --shared-dir", e))?;
     if unprivileged {
         // Read before unsharing: until the map is written, they read as the overflow id.
         let ids = (crate::sys::geteuid(), sys::getegid());
@@ -80,8 +81,9 @@ pub fn enter(shared_dir: &Path, as_root: bool) -> Result<Entered, SandboxError> 
     } else {
         sys::unshare(libc::CLONE_NEWPID).map_err(step("create a pid namespace", false))?;
     }
-    let (lifeline_r, lifeline_w) = sys::pipe().map_err(step("create a pipe", unprivileged))?;
-    match sys::fork().map_err(step("fork into the pid namespace", unprivileged))? {
+    let (lifeline_r, lifeline_w) =
+        sys::pipe().map_err(|e| SandboxError::Process("create a pipe", e))?;
+    match sys::fork().map_err(|e| SandboxError::Process("fork", e))? {
         Forked::Parent { child } => {
             drop(lifeline_r);
             Ok(Entered::Supervisor(Supervisor {
@@ -92,19 +94,19 @@ pub fn enter(shared_dir: &Path, as_root: bool) -> Result<Entered, SandboxError> 
         Forked::Child => {
             drop(lifeline_w);
             sys::set_parent_death_signal(libc::SIGKILL)
-                .map_err(step("tie our life to the supervisor's", unprivileged))?;
+                .map_err(|e| SandboxError::Process("set the parent death signal", e))?;
             // The parent may have died before the line above: then nothing would kill us.
             if sys::pipe_hung_up(lifeline_r.as_fd())
-                .map_err(step("check on the supervisor", unprivileged))?
+                .map_err(|e| SandboxError::Process("check on the supervisor", e))?
             {
-                return Err(SandboxError::Namespace {
-                    what: "start",
-                    err: io::Error::other("the supervising process has exited"),
-                    unprivileged,
-                });
+                return Err(SandboxError::Process(
+                    "start",
+                    io::Error::other("the supervising process has exited"),
+                ));
             }
             drop(lifeline_r);
-            sys::ignore_signal(libc::SIGCHLD).map_err(step("ignore SIGCHLD", unprivileged))?;
+            sys::ignore_signal(libc::SIGCHLD)
+                .map_err(|e| SandboxError::Process("ignore SIGCHLD", e))?;
             let jail = build_root(&shared_dir, unprivileged)?;
             info!(
                 "sandbox: namespace (mount, pid, net{}); {} is /",

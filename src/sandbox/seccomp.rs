@@ -180,22 +180,19 @@ fn rules(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
     Ok(rules)
 }
 
-/// The compiled filter for `action`.
-pub fn program(action: Action) -> Result<BpfProgram, String> {
+/// The compiled filter for `action`, and how many system calls it allows.
+fn program(action: Action) -> Result<(BpfProgram, usize), String> {
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| format!("no seccomp filter for this architecture: {e}"))?;
     let rules = rules(std::process::id()).map_err(|e| e.to_string())?;
+    let allowed = rules.len();
     let filter = SeccompFilter::new(rules, action.mismatch(), SeccompAction::Allow, arch)
         .map_err(|e| e.to_string())?;
-    filter
+    let program = filter
         .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())
-}
-
-/// How many system calls the filter allows (for the log line).
-pub fn allowed_count() -> usize {
-    ALLOWED.len() + 2
+        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    Ok((program, allowed))
 }
 
 /// SIGSYS under `--seccomp=trap`: name the call and exit at once. Only async-signal-safe work:
@@ -230,13 +227,15 @@ extern "C" fn on_trap(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
     sys::write_stderr_and_exit(&buf[..len], 128 + libc::SIGSYS);
 }
 
-/// Install the filter for `action` on this thread (and so on every thread created after).
-pub fn install(action: Action) -> Result<(), String> {
-    let program = program(action)?;
+/// Install the filter for `action` on this thread (and so on every thread created after);
+/// returns how many system calls it allows.
+pub fn install(action: Action) -> Result<usize, String> {
+    let (program, allowed) = program(action)?;
     if action == Action::Trap {
         sys::on_sigsys(on_trap).map_err(|e| format!("cannot handle SIGSYS: {e}"))?;
     }
-    seccompiler::apply_filter(&program).map_err(|e| e.to_string())
+    seccompiler::apply_filter(&program).map_err(|e| e.to_string())?;
+    Ok(allowed)
 }
 
 #[cfg(test)]
@@ -246,7 +245,7 @@ mod tests {
     /// In a forked child: install the filter, make one call outside the list, report how it
     /// went through the exit status. Only async-signal-safe work after the fork.
     fn child_calls_uname(action: Action) -> i32 {
-        let program = program(action).unwrap();
+        let (program, _) = program(action).unwrap();
         // SAFETY: the child only makes raw syscalls and exits; the program was built before.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
@@ -318,6 +317,6 @@ mod tests {
         ] {
             assert!(!rules.contains_key(&nr), "syscall {nr} is allowed");
         }
-        assert_eq!(rules.len(), allowed_count());
+        assert_eq!(rules.len(), ALLOWED.len() + 2, "no duplicates");
     }
 }
