@@ -239,9 +239,9 @@ pub struct Opt {
     #[arg(long, value_name = "+CAP:-CAP", value_parser = parse_modcaps)]
     pub modcaps: Option<crate::sandbox::CapChanges>,
 
-    /// Set the open file limit (RLIMIT_NOFILE) to N; 0 leaves it unchanged. By default the soft
-    /// limit is raised to min(1000000, /proc/sys/fs/nr_open), or to the hard limit when the
-    /// daemon may not raise that.
+    /// Set the open file limit (RLIMIT_NOFILE) to N, or as close as the hard limit allows when
+    /// the daemon may not raise it; 0 leaves it unchanged. By default the soft limit is raised
+    /// to min(1000000, /proc/sys/fs/nr_open), or to the hard limit.
     #[arg(long, value_name = "N")]
     pub rlimit_nofile: Option<u64>,
 

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
@@ -327,12 +327,37 @@ fn spawn_signal_thread(dispatcher: Arc<Dispatcher>, socket: SocketSlot) -> Resul
         .map_err(|e| DaemonError::Setup("cannot start the signal thread".into(), e))
 }
 
-/// Tell systemd (when it is listening) how we are doing. A failure is logged, not fatal: the
-/// daemon works the same without a service manager watching.
-fn notify(state: &str) {
-    if let Err(e) = systemd::notify(state) {
-        warn!("cannot notify the service manager ({state:?}): {e}");
+/// Where the daemon tells a service manager how it is doing (sd_notify): nowhere, straight to
+/// `$NOTIFY_SOCKET` (connected before entering the sandbox, which cuts the way there), or, from
+/// inside the namespace sandbox, through the supervisor: it is the process the service manager
+/// started (its main PID), and it can still reach the socket.
+enum StatusSink {
+    Nobody,
+    Manager(systemd::Notifier),
+    Supervisor(std::fs::File),
+}
+
+impl StatusSink {
+    /// A failure is logged, not fatal: the daemon works the same without a manager watching.
+    fn notify(&self, state: &str) {
+        let sent = match self {
+            StatusSink::Nobody => Ok(()),
+            StatusSink::Manager(n) => n.send(state),
+            // One write, so the message arrives whole (see sandbox::Jail::to_supervisor).
+            StatusSink::Supervisor(pipe) => (&*pipe).write_all(format!("{state}\0").as_bytes()),
+        };
+        if let Err(e) = sent {
+            warn!("cannot notify the service manager ({state:?}): {e}");
+        }
     }
+}
+
+/// `$NOTIFY_SOCKET`, connected now while it can be reached.
+fn connect_notifier() -> Option<systemd::Notifier> {
+    systemd::Notifier::connect().unwrap_or_else(|e| {
+        warn!("cannot reach the service manager's NOTIFY_SOCKET: {e}");
+        None
+    })
 }
 
 fn log_summary(dispatcher: &Dispatcher) {
@@ -350,10 +375,14 @@ fn log_summary(dispatcher: &Dispatcher) {
 }
 
 /// The namespace sandbox's parent: wait for the sandboxed daemon and exit as it did.
-fn supervise(supervisor: Supervisor) -> Result<ExitCode, DaemonError> {
+fn supervise(
+    supervisor: Supervisor,
+    notifier: Option<systemd::Notifier>,
+) -> Result<ExitCode, DaemonError> {
     let pid = supervisor.child_pid();
+    let sink = notifier.map_or(StatusSink::Nobody, StatusSink::Manager);
     match supervisor
-        .supervise()
+        .supervise(move |state| sink.notify(state))
         .map_err(|e| DaemonError::Sandbox(SandboxError::Supervise(e)))?
     {
         ChildExit::Code(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
@@ -384,15 +413,20 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     let fs_config = opt.fs_config().map_err(DaemonError::Options)?;
     // The socket is created outside the sandbox: its path may be anywhere on the host.
     let (unix_listener, socket_file) = listener(opt)?;
+    let notifier = connect_notifier();
     sandbox::prepare(&sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let jail = match sandbox::enter(&sandbox_cfg, &opt.shared_dir).map_err(DaemonError::Sandbox)? {
         Entered::Supervisor(supervisor) => {
             // Only the sandboxed daemon accepts: a frontend must not queue on our copy.
             drop(unix_listener);
             drop(socket_file);
-            return supervise(supervisor);
+            return supervise(supervisor, notifier);
         }
         Entered::Jail(jail) => jail,
+    };
+    let status = match jail.to_supervisor {
+        Some(pipe) => StatusSink::Supervisor(pipe.into()),
+        None => notifier.map_or(StatusSink::Nobody, StatusSink::Manager),
     };
     let created = socket_file.as_ref().map(|s| s.path.clone());
     let socket_file: SocketSlot = Arc::new(Mutex::new(socket_file));
@@ -426,14 +460,14 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
         None => info!("listening on the inherited socket"),
     }
     // Type=notify: the socket is listening, so a frontend connecting now will be served.
-    notify("READY=1\nSTATUS=waiting for the frontend");
+    status.notify("READY=1\nSTATUS=waiting for the frontend");
     let mut listener = Listener::from(unix_listener);
     let started = daemon.start(&mut listener);
     // One connection is all we serve: the socket file has done its job.
     remove_socket(&socket_file);
     started.map_err(|e| DaemonError::Frontend(format!("cannot accept the frontend: {e}")))?;
     info!("frontend connected");
-    notify("STATUS=serving the frontend");
+    status.notify("STATUS=serving the frontend");
 
     let result = daemon.wait();
     log_summary(device.dispatcher());

@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use log::{info, warn};
+use log::info;
 
 pub use caps::{CapChanges, CapSet};
 pub use namespace::Supervisor;
@@ -65,6 +65,9 @@ pub struct Jail {
     pub root: PathBuf,
     /// `/proc/self/fd` of this process, opened where the sandbox still allowed it.
     pub proc_self_fd: OwnedFd,
+    /// In the namespace sandbox: a pipe to the supervisor, for messages it should pass on
+    /// (see [`Supervisor::supervise`]), each one write(2) of text ending in a NUL byte.
+    pub to_supervisor: Option<OwnedFd>,
 }
 
 /// Why the sandbox could not be set up. Each message names the cause and what to do instead.
@@ -202,6 +205,7 @@ pub fn enter(cfg: &Config, shared_dir: &Path) -> Result<Entered, SandboxError> {
             Jail {
                 root: PathBuf::from("/"),
                 proc_self_fd,
+                to_supervisor: None,
             }
         }
         Mode::None => {
@@ -209,6 +213,7 @@ pub fn enter(cfg: &Config, shared_dir: &Path) -> Result<Entered, SandboxError> {
             Jail {
                 root: shared_dir.to_owned(),
                 proc_self_fd: open_proc_self_fd()?,
+                to_supervisor: None,
             }
         }
     };
@@ -222,7 +227,8 @@ pub fn enter(cfg: &Config, shared_dir: &Path) -> Result<Entered, SandboxError> {
     };
     let r = caps::restrict_to(cfg.modcaps.apply(base)).map_err(SandboxError::Caps)?;
     if !r.missing.is_empty() {
-        warn!("capabilities not held, so not kept: {}", r.missing);
+        // Often on purpose (a service manager's bounding set); worth a line, not a warning.
+        info!("capabilities not held, so not kept: {}", r.missing);
     }
     info!("capabilities: {}", r.kept);
     Ok(Entered::Jail(jail))

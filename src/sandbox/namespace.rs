@@ -7,7 +7,7 @@
 //! parent (PR_SET_PDEATHSIG), and reaps nothing: it ignores SIGCHLD, so the kernel would reap
 //! any child for it (it makes none).
 
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -19,11 +19,13 @@ use super::{Entered, Jail, SandboxError};
 /// Signals the supervisor passes on to the daemon.
 pub const FORWARDED: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// The parent side: the sandboxed daemon's pid (in our pid namespace) and the pipe whose
-/// closing tells the child we are gone.
+/// The parent side: the sandboxed daemon's pid (in our pid namespace), the pipe whose closing
+/// tells the child we are gone, and the pipe the child sends messages on (see
+/// [`Jail::to_supervisor`]).
 pub struct Supervisor {
     child: libc::pid_t,
     _lifeline: OwnedFd,
+    messages: OwnedFd,
 }
 
 impl Supervisor {
@@ -31,13 +33,31 @@ impl Supervisor {
         self.child
     }
 
-    /// Forward the exit signals to the child until it ends; return how it ended. The signals
-    /// and SIGCHLD are blocked (since before the fork), so none is lost in between.
-    pub fn supervise(self) -> io::Result<ChildExit> {
+    /// Forward the exit signals to the child until it ends; return how it ended, and pass
+    /// each message the child sends to `on_message`. The signals and SIGCHLD are blocked
+    /// (since before the fork), so none is lost in between. One thread, waiting in poll(2) on
+    /// a signalfd and the message pipe: after unshare(CLONE_NEWPID) this process may not
+    /// create threads.
+    pub fn supervise(self, mut on_message: impl FnMut(&str)) -> io::Result<ChildExit> {
         let mut waited: Vec<i32> = FORWARDED.to_vec();
         waited.push(libc::SIGCHLD);
+        let signals = sys::signalfd(&waited)?;
+        let mut messages = Some(Messages::new(self.messages));
         loop {
-            let sig = crate::sys::wait_signal(&waited)?;
+            let pipe = messages.as_ref().map(|m| m.pipe.as_fd());
+            let (signal_ready, pipe_ready) = sys::poll_two(signals.as_fd(), pipe)?;
+            if pipe_ready {
+                if let Some(m) = messages.as_mut() {
+                    if !m.pass_on(&mut on_message)? {
+                        // The child closed its end (it exited, or is about to).
+                        messages = None;
+                    }
+                }
+            }
+            if !signal_ready {
+                continue;
+            }
+            let sig = sys::read_signal(signals.as_fd())?;
             if sig == libc::SIGCHLD {
                 if let Some(end) = sys::try_wait(self.child)? {
                     return Ok(end);
@@ -51,6 +71,38 @@ impl Supervisor {
                 other => other?,
             }
         }
+    }
+}
+
+/// The supervisor's end of the message pipe: NUL-terminated messages, possibly split across
+/// reads.
+struct Messages {
+    pipe: std::fs::File,
+    pending: Vec<u8>,
+}
+
+impl Messages {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            pipe: fd.into(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Read what is there (the pipe is readable: one read does not block) and pass on every
+    /// complete message. False at end of file.
+    fn pass_on(&mut self, on_message: &mut impl FnMut(&str)) -> io::Result<bool> {
+        let mut buf = [0u8; 4096];
+        let n = match self.pipe.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            other => other?,
+        };
+        self.pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = self.pending.iter().position(|&b| b == 0) {
+            let msg: Vec<u8> = self.pending.drain(..=end).collect();
+            on_message(&String::from_utf8_lossy(&msg[..end]));
+        }
+        Ok(n > 0)
     }
 }
 
@@ -83,16 +135,21 @@ pub fn enter(shared_dir: &Path, as_root: bool) -> Result<Entered, SandboxError> 
     }
     let (lifeline_r, lifeline_w) =
         sys::pipe().map_err(|e| SandboxError::Process("create a pipe", e))?;
+    let (messages_r, messages_w) =
+        sys::pipe().map_err(|e| SandboxError::Process("create a pipe", e))?;
     match sys::fork().map_err(|e| SandboxError::Process("fork", e))? {
         Forked::Parent { child } => {
             drop(lifeline_r);
+            drop(messages_w);
             Ok(Entered::Supervisor(Supervisor {
                 child,
                 _lifeline: lifeline_w,
+                messages: messages_r,
             }))
         }
         Forked::Child => {
             drop(lifeline_w);
+            drop(messages_r);
             sys::set_parent_death_signal(libc::SIGKILL)
                 .map_err(|e| SandboxError::Process("set the parent death signal", e))?;
             // The parent may have died before the line above: then nothing would kill us.
@@ -107,7 +164,8 @@ pub fn enter(shared_dir: &Path, as_root: bool) -> Result<Entered, SandboxError> 
             drop(lifeline_r);
             sys::ignore_signal(libc::SIGCHLD)
                 .map_err(|e| SandboxError::Process("ignore SIGCHLD", e))?;
-            let jail = build_root(&shared_dir, unprivileged)?;
+            let mut jail = build_root(&shared_dir, unprivileged)?;
+            jail.to_supervisor = Some(messages_w);
             info!(
                 "sandbox: namespace (mount, pid, net{}); {} is /",
                 if unprivileged { ", user" } else { "" },
@@ -145,6 +203,7 @@ fn build_root(shared_dir: &Path, unprivileged: bool) -> Result<Jail, SandboxErro
     Ok(Jail {
         root: PathBuf::from("/"),
         proc_self_fd,
+        to_supervisor: None,
     })
 }
 

@@ -3,7 +3,7 @@
 //! Raised before entering the sandbox: raising the hard limit needs CAP_SYS_RESOURCE, which
 //! the sandboxed daemon no longer has.
 
-use log::{info, warn};
+use log::warn;
 
 use super::sys;
 
@@ -19,49 +19,52 @@ fn nr_open() -> Result<u64, String> {
         .map_err(|e| format!("cannot parse /proc/sys/fs/nr_open ({:?}): {e}", text.trim()))
 }
 
-/// Apply `--rlimit-nofile`: `Some(0)` leaves the limit alone, `Some(n)` sets soft and hard to
-/// exactly n (an error if that is not allowed), `None` raises the soft limit to
-/// min(1000000, nr_open) — or as far as the hard limit allows when the daemon may not raise
-/// that. Returns the soft limit in force afterwards.
-pub fn apply_nofile(request: Option<u64>) -> Result<u64, String> {
+/// Apply `--rlimit-nofile`: `Some(0)` leaves the limit alone; `Some(n)` sets soft and hard to
+/// n (above the kernel's nr_open that is an error; above a hard limit the daemon may not raise,
+/// it gets the hard limit and a warning); `None` raises the soft limit to min(1000000, nr_open),
+/// or as far as the hard limit allows (best effort: not worth a warning). Returns a
+/// description of the soft limit in force afterwards, for the log.
+pub fn apply_nofile(request: Option<u64>) -> Result<String, String> {
     let (soft, hard) = sys::get_nofile().map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
-    match request {
-        Some(0) => Ok(soft),
+    let (target, asked) = match request {
+        Some(0) => return Ok(format!("{soft} (left as it was)")),
         Some(n) => {
             let max = nr_open()?;
             if n > max {
                 return Err(format!(
-                    "--rlimit-nofile={n} is above the kernel's maximum of {max} (/proc/sys/fs/nr_open)"
+                    "--rlimit-nofile={n} is above the kernel's maximum of {max} \
+                     (/proc/sys/fs/nr_open): choose at most {max}, or 0 to leave the limit alone"
                 ));
             }
-            sys::set_nofile(n, n).map_err(|e| {
-                format!(
-                    "cannot set the open file limit to {n}: {e} (the hard limit is {hard}; \
-                     raising it needs root): choose a smaller --rlimit-nofile, or 0 to leave it"
-                )
-            })?;
-            info!("open file limit set to {n}");
-            Ok(n)
+            (n, true)
         }
         None => {
             let target = DEFAULT_NOFILE.min(nr_open()?);
             if soft >= target {
-                return Ok(soft);
+                return Ok(soft.to_string());
             }
-            match sys::set_nofile(target, target.max(hard)) {
-                Ok(()) => Ok(target),
-                Err(e) if soft < hard => {
-                    // Not allowed to raise the hard limit: go as far as it lets us.
-                    sys::set_nofile(hard, hard)
-                        .map_err(|e| format!("cannot raise the open file limit to {hard}: {e}"))?;
-                    warn!("open file limit raised to the hard limit {hard}, not {target}: {e}");
-                    Ok(hard)
-                }
-                Err(e) => {
-                    warn!("open file limit stays at {soft} (cannot raise it to {target}: {e})");
-                    Ok(soft)
-                }
-            }
+            (target, false)
         }
+    };
+    // An explicit value is exact (a lower one lowers the hard limit too); the default only
+    // raises the soft limit, leaving a higher hard limit alone.
+    let new_hard = if asked { target } else { target.max(hard) };
+    let refused = match sys::set_nofile(target, new_hard) {
+        Ok(()) => return Ok(target.to_string()),
+        Err(e) => e,
+    };
+    // Not allowed to raise the hard limit (that needs CAP_SYS_RESOURCE): go as far as it lets us.
+    if soft < hard {
+        sys::set_nofile(hard, hard)
+            .map_err(|e| format!("cannot raise the open file limit to {hard}: {e}"))?;
     }
+    if asked {
+        warn!(
+            "--rlimit-nofile={target}: the open file limit is {hard}, the hard limit, which this \
+             process may not raise ({refused})"
+        );
+    }
+    Ok(format!(
+        "{hard} (the hard limit; raising it to {target} was refused: {refused})"
+    ))
 }

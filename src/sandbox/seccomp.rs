@@ -7,7 +7,8 @@
 //!   user finds a system call the list lacks;
 //! - `trap`: SIGSYS, whose handler here names the call on stderr and exits.
 //!
-//! Built with rust-vmm's seccompiler, which compiles the list to BPF in Rust (no libseccomp).
+//! Built with rust-vmm's seccompiler, which compiles the list to BPF in Rust (no libseccomp);
+//! installed with prctl(PR_SET_SECCOMP) (see `sys::install_seccomp_filter`).
 //! The list covers what vufsd, its crates and glibc call on the paths a guest can reach; the
 //! VM test suite runs under `kill`, so a missing entry fails a test. Mount, namespace, root,
 //! process, exec, socket, ptrace, module and key calls are all absent.
@@ -96,6 +97,7 @@ const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_accept4, "accept the frontend's connection"),
     (libc::SYS_recvmsg, "vhost-user messages and the fds they carry"),
     (libc::SYS_sendmsg, "vhost-user replies"),
+    (libc::SYS_sendto, "sd_notify on the socket connected before the sandbox"),
     (libc::SYS_read, "eventfds, messages"),
     (libc::SYS_write, "eventfds, logging"),
     (libc::SYS_readv, "std's vectored reads"),
@@ -229,7 +231,7 @@ pub fn install(action: Action) -> Result<usize, String> {
     if action == Action::Trap {
         sys::on_sigsys(on_trap).map_err(|e| format!("cannot handle SIGSYS: {e}"))?;
     }
-    seccompiler::apply_filter(&program).map_err(|e| e.to_string())?;
+    sys::install_seccomp_filter(&program).map_err(|e| e.to_string())?;
     Ok(allowed)
 }
 
@@ -249,7 +251,7 @@ mod tests {
             if action == Action::Trap {
                 let _ = sys::on_sigsys(on_trap);
             }
-            if seccompiler::apply_filter(&program).is_err() {
+            if sys::install_seccomp_filter(&program).is_err() {
                 // SAFETY: exit at once from the child.
                 unsafe { libc::_exit(90) };
             }

@@ -171,6 +171,64 @@ pub fn pipe_hung_up(read_end: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(p.revents & libc::POLLHUP != 0)
 }
 
+/// A signalfd for `signals` (which must be blocked), close-on-exec.
+pub fn signalfd(signals: &[i32]) -> io::Result<OwnedFd> {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: sigemptyset/sigaddset initialise the set we own; signalfd only reads it and
+    // returns a new fd, checked and then owned by one OwnedFd.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &s in signals {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        let fd = check(libc::signalfd(-1, set.as_ptr(), libc::SFD_CLOEXEC))?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The number of the next signal queued on a signalfd (blocks until there is one).
+pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut info = MaybeUninit::<libc::signalfd_siginfo>::zeroed();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    loop {
+        // SAFETY: `info` is writable for `size` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n as usize != size {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        // SAFETY: the kernel filled the whole struct.
+        return Ok(unsafe { info.assume_init() }.ssi_signo as i32);
+    }
+}
+
+/// Wait until `a` or `b` (when given) is readable, or hung up; which ones are.
+pub fn poll_two(a: BorrowedFd<'_>, b: Option<BorrowedFd<'_>>) -> io::Result<(bool, bool)> {
+    let entry = |fd: BorrowedFd<'_>| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [entry(a), entry(b.unwrap_or(a))];
+    let n = if b.is_some() { 2 } else { 1 };
+    loop {
+        // SAFETY: `fds` holds `n` valid pollfds; no timeout.
+        match check(unsafe { libc::poll(fds.as_mut_ptr(), n, -1) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => break,
+        }
+    }
+    let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    Ok((ready(&fds[0]), b.is_some() && ready(&fds[1])))
+}
+
 /// Set `sig` to be ignored (for SIGCHLD: the kernel then reaps children itself).
 pub fn ignore_signal(sig: libc::c_int) -> io::Result<()> {
     // SAFETY: installing SIG_IGN runs no code of ours in signal context.
@@ -304,6 +362,37 @@ pub fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
     };
     // SAFETY: `lim` is a valid rlimit64, only read.
     check(unsafe { libc::setrlimit64(libc::RLIMIT_NOFILE, &lim) }).map(drop)
+}
+
+// --- seccomp ----------------------------------------------------------------------------------
+
+/// Install a seccomp BPF filter on the calling thread (threads created later inherit it), after
+/// setting no_new_privs (which an unprivileged process needs, and which stops an exec from
+/// gaining privileges). Through prctl(2) rather than seccomp(2): a service manager's own filter
+/// may allow the one and not the other (systemd's @system-service set has prctl, not seccomp).
+pub fn install_seccomp_filter(program: &[seccompiler::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes the value 1 and zeros.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    let prog = libc::sock_fprog {
+        len,
+        // seccompiler's sock_filter is the kernel's struct sock_filter (u16, u8, u8, u32, repr(C)),
+        // the same layout as libc's.
+        filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    };
+    // SAFETY: `prog` points at `len` valid instructions that outlive the call; the kernel copies
+    // them and only reads.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+            0,
+            0,
+        )
+    })
+    .map(drop)
 }
 
 // --- SIGSYS, for --seccomp=trap ---------------------------------------------------------------
