@@ -355,7 +355,7 @@ impl StatusSink {
 /// `$NOTIFY_SOCKET`, connected now while it can be reached.
 fn connect_notifier() -> Option<systemd::Notifier> {
     systemd::Notifier::connect().unwrap_or_else(|e| {
-        warn!("cannot reach the service manager's NOTIFY_SOCKET: {e}");
+        warn!("cannot notify the service manager: NOTIFY_SOCKET: {e}");
         None
     })
 }
