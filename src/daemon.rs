@@ -411,15 +411,44 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     check_shared_dir(&opt.shared_dir)?;
     // Options that cannot go together are refused before a socket exists.
     let fs_config = opt.fs_config().map_err(DaemonError::Options)?;
+    // Before the socket too: an --rlimit-nofile refused here leaves nothing behind.
+    sandbox::prepare(&sandbox_cfg).map_err(DaemonError::Sandbox)?;
     // The socket is created outside the sandbox: its path may be anywhere on the host.
     let (unix_listener, socket_file) = listener(opt)?;
+    let created = socket_file.as_ref().map(|s| s.path.clone());
+    let socket_file: SocketSlot = Arc::new(Mutex::new(socket_file));
+    let served = serve(
+        opt,
+        &sandbox_cfg,
+        fs_config,
+        unix_listener,
+        created,
+        &socket_file,
+    );
+    if served.is_err() {
+        // A daemon that failed to start (here, or as the sandboxed child) leaves no socket
+        // file for QEMU to wait on.
+        remove_socket(&socket_file);
+    }
+    served
+}
+
+/// Everything after the socket exists: enter the sandbox, open the share, serve the frontend.
+fn serve(
+    opt: &Opt,
+    sandbox_cfg: &sandbox::Config,
+    fs_config: crate::fs::Config,
+    unix_listener: UnixListener,
+    created: Option<PathBuf>,
+    socket_file: &SocketSlot,
+) -> Result<ExitCode, DaemonError> {
     let notifier = connect_notifier();
-    sandbox::prepare(&sandbox_cfg).map_err(DaemonError::Sandbox)?;
-    let jail = match sandbox::enter(&sandbox_cfg, &opt.shared_dir).map_err(DaemonError::Sandbox)? {
+    let jail = match sandbox::enter(sandbox_cfg, &opt.shared_dir).map_err(DaemonError::Sandbox)? {
         Entered::Supervisor(supervisor) => {
-            // Only the sandboxed daemon accepts: a frontend must not queue on our copy.
+            // Only the sandboxed daemon accepts (a frontend must not queue on our copy), and
+            // only it removes the socket file.
             drop(unix_listener);
-            drop(socket_file);
+            drop(socket_file.lock().ok().and_then(|mut s| s.take()));
             return supervise(supervisor, notifier);
         }
         Entered::Jail(jail) => jail,
@@ -428,8 +457,6 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
         Some(pipe) => StatusSink::Supervisor(pipe.into()),
         None => notifier.map_or(StatusSink::Nobody, StatusSink::Manager),
     };
-    let created = socket_file.as_ref().map(|s| s.path.clone());
-    let socket_file: SocketSlot = Arc::new(Mutex::new(socket_file));
 
     // After the capabilities were reduced, so that it sees the ones it will have.
     let fs = Arc::new(
@@ -437,7 +464,7 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
             .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
     );
     // Before the first thread (the pool's, the signal thread): every thread inherits the filter.
-    sandbox::restrict_syscalls(&sandbox_cfg).map_err(DaemonError::Sandbox)?;
+    sandbox::restrict_syscalls(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let device = Arc::new(
         FsDevice::new(Dispatcher::new(fs), opt.thread_pool_size)
             .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
@@ -464,7 +491,7 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     let mut listener = Listener::from(unix_listener);
     let started = daemon.start(&mut listener);
     // One connection is all we serve: the socket file has done its job.
-    remove_socket(&socket_file);
+    remove_socket(socket_file);
     started.map_err(|e| DaemonError::Frontend(format!("cannot accept the frontend: {e}")))?;
     info!("frontend connected");
     status.notify("STATUS=serving the frontend");

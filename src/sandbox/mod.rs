@@ -10,7 +10,7 @@
 //! Then, whatever the mode: supplementary groups dropped (root), capabilities reduced to what
 //! the passthrough filesystem needs ([`caps`]), RLIMIT_NOFILE raised ([`rlimit`]), and a seccomp
 //! allowlist ([`seccomp`]). The order matters and is the daemon's (see daemon::run):
-//! socket → [`prepare`] → [`enter`] → filesystem → [`seccomp::install`] → threads.
+//! socket → [`prepare`] → [`enter`] → filesystem → [`restrict_syscalls`] → threads.
 //! See docs/security.md for the threat model.
 
 pub mod caps;
@@ -173,7 +173,14 @@ pub fn prepare(cfg: &Config) -> Result<(), SandboxError> {
     let nofile = rlimit::apply_nofile(cfg.rlimit_nofile).map_err(SandboxError::Rlimit)?;
     info!("open file limit: {nofile}");
     if is_root() && sys::supplementary_groups().map_err(SandboxError::Groups)? > 0 {
-        sys::clear_groups().map_err(SandboxError::Groups)?;
+        match sys::clear_groups() {
+            // Root of a user namespace where setgroups(2) is denied: the groups cannot change,
+            // for us or for anyone we could act as.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && setgroups_denied() => {
+                info!("supplementary groups kept: setgroups is denied in this user namespace");
+            }
+            other => other.map_err(SandboxError::Groups)?,
+        }
     }
     Ok(())
 }
@@ -232,6 +239,10 @@ pub fn enter(cfg: &Config, shared_dir: &Path) -> Result<Entered, SandboxError> {
     }
     info!("capabilities: {}", r.kept);
     Ok(Entered::Jail(jail))
+}
+
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
 
 fn open_proc_self_fd() -> Result<OwnedFd, SandboxError> {
