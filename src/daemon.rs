@@ -411,8 +411,6 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     check_shared_dir(&opt.shared_dir)?;
     // Options that cannot go together are refused before a socket exists.
     let fs_config = opt.fs_config().map_err(DaemonError::Options)?;
-    // Before the socket too: an --rlimit-nofile refused here leaves nothing behind.
-    sandbox::prepare(&sandbox_cfg).map_err(DaemonError::Sandbox)?;
     // The socket is created outside the sandbox: its path may be anywhere on the host.
     let (unix_listener, socket_file) = listener(opt)?;
     let created = socket_file.as_ref().map(|s| s.path.clone());
@@ -442,6 +440,7 @@ fn serve(
     created: Option<PathBuf>,
     socket_file: &SocketSlot,
 ) -> Result<ExitCode, DaemonError> {
+    sandbox::prepare(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let notifier = connect_notifier();
     let jail = match sandbox::enter(sandbox_cfg, &opt.shared_dir).map_err(DaemonError::Sandbox)? {
         Entered::Supervisor(supervisor) => {
