@@ -3,7 +3,7 @@
 //! ```text
 //! vufsd-bench prepare DIR
 //! vufsd-bench --socket S --workload NAME[,NAME...|all] [--depth N] [--queues Q]
-//!             [--duration SECS | --ops N] [--dir RELPATH] [--json]
+//!             [--duration SECS | --ops N] [--dir RELPATH] [--json] [--watch-pid PID]
 //! vufsd-bench --floor --dir HOSTDIR --workload NAME [--depth N] [--duration SECS | --ops N]
 //! ```
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vufsd_bench::workload::{self, RunConfig, Workload};
-use vufsd_bench::{floor, prepare, Device, DeviceConfig, FuseClient, Summary};
+use vufsd_bench::{floor, prepare, procstat, Device, DeviceConfig, FuseClient, Summary};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,6 +88,11 @@ struct Cli {
     /// Use SET_MEM_TABLE even if the daemon offers CONFIGURE_MEM_SLOTS.
     #[arg(long)]
     no_mem_slots: bool,
+
+    /// The daemon's pid: report its memory, fds and CPU time after FUSE_INIT and around each
+    /// workload (measured phase, before and after the run's FORGETs).
+    #[arg(long, conflicts_with = "floor")]
+    watch_pid: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,9 +181,26 @@ fn run(cli: Cli) -> Result<(), String> {
             init.max_write
         );
     }
+    if let Some(pid) = cli.watch_pid {
+        let idle = procstat::sample(pid).map_err(|e| format!("daemon {pid}: {e}"))?;
+        println!("{}", idle.json("idle"));
+    }
     for w in list {
-        let s = workload::run(&dev, &cli.dir, &mk(w)).map_err(|e| format!("{}: {e}", w.name()))?;
-        report(&s, cli.json);
+        let mut watch = cli.watch_pid.map(procstat::Watch::new);
+        let s = match &mut watch {
+            Some(wa) => workload::run_observed(&dev, &cli.dir, &mk(w), &mut |p| wa.observe(p)),
+            None => workload::run(&dev, &cli.dir, &mk(w)),
+        }
+        .map_err(|e| format!("{}: {e}", w.name()))?;
+        match watch.map(procstat::Watch::finish).transpose() {
+            Ok(Some(r)) if cli.json => {
+                let j = s.json();
+                println!("{},{}}}", j.trim_end_matches('}'), r.json_members());
+            }
+            Ok(Some(r)) => println!("{}\n    daemon: {}", s.human(), r.json_members()),
+            Ok(None) => report(&s, cli.json),
+            Err(e) => return Err(format!("{}: reading the daemon's /proc: {e}", w.name())),
+        }
     }
     Ok(())
 }
