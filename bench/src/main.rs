@@ -153,8 +153,21 @@ fn run(cli: Cli) -> Result<(), String> {
     if cli.floor {
         let root = PathBuf::from(&cli.dir);
         for w in list {
-            let s = floor::run(&root, &mk(w)).map_err(|e| format!("{}: {e}", w.name()))?;
-            report(&s, cli.json);
+            // The floor's own CPU time over the measured phase: what the syscalls cost,
+            // comparable with the daemon's CPU time per op.
+            let mut cpu = [None, None];
+            let s = floor::run_observed(&root, &mk(w), &mut |p| {
+                cpu[usize::from(p != workload::Phase::Start)] = procstat::self_cpu_ns().ok();
+            })
+            .map_err(|e| format!("{}: {e}", w.name()))?;
+            match (cpu, cli.json) {
+                ([Some(a), Some(b)], true) => {
+                    let cpu_ms = b.saturating_sub(a) as f64 / 1e6;
+                    let j = s.json();
+                    println!("{},\"floor_cpu_ms\":{cpu_ms:.3}}}", j.trim_end_matches('}'));
+                }
+                _ => report(&s, cli.json),
+            }
         }
         return Ok(());
     }
@@ -187,11 +200,21 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     for w in list {
         let mut watch = cli.watch_pid.map(procstat::Watch::new);
-        let s = match &mut watch {
+        let run = match &mut watch {
             Some(wa) => workload::run_observed(&dev, &cli.dir, &mk(w), &mut |p| wa.observe(p)),
             None => workload::run(&dev, &cli.dir, &mk(w)),
-        }
-        .map_err(|e| format!("{}: {e}", w.name()))?;
+        };
+        let s = match run {
+            Ok(s) => s,
+            Err(e) => {
+                // The daemon's state when it refused (e.g. out of fds) explains the error;
+                // it exits once we disconnect, so read it now.
+                if let Some(Ok(at)) = cli.watch_pid.map(procstat::sample) {
+                    println!("{}", at.json(&format!("error-{}", w.name())));
+                }
+                return Err(format!("{}: {e}", w.name()));
+            }
+        };
         match watch.map(procstat::Watch::finish).transpose() {
             Ok(Some(r)) if cli.json => {
                 let j = s.json();

@@ -78,6 +78,18 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// CPU time (user + system) this process has used, threads that exited included, ns.
+pub fn self_cpu_ns() -> Result<u64> {
+    // SAFETY: getrusage only writes the struct we pass, which is plain data.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Err(Error::last_os("getrusage"));
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    Ok(ns(ru.ru_utime) + ns(ru.ru_stime))
+}
+
 /// Readings of a daemon at the [`Phase`]s of one workload run.
 #[derive(Debug)]
 pub struct Watch {
@@ -201,5 +213,6 @@ mod tests {
         let r = w.finish().expect("all phases observed");
         assert!(r.json_members().contains("\"daemon_fds_peak\":"));
         assert!(s.json("idle").starts_with("{\"sample\":\"idle\""));
+        assert!(self_cpu_ns().expect("getrusage") > 0);
     }
 }
