@@ -358,8 +358,8 @@ def kib(x):
 
 def memory_section(res):
     lines = [
-        "| daemon | idle RSS | idle fds | threads | RSS after store-walk | fds after store-walk | fds after its FORGETs |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| daemon | idle RSS | of which private | idle fds | threads | RSS after store-walk | fds after store-walk | fds after its FORGETs |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     idle = {}
     for who in DAEMONS:
@@ -378,7 +378,8 @@ def memory_section(res):
         else:
             rss_walk = fds_walk = fds_after = "–"
         lines.append(
-            f"| {who} | {kib(idle[who])} | {fmt_num(median([s['fds'] for s in samples]))} "
+            f"| {who} | {kib(idle[who])} | {kib(median([s.get('anon_kb') for s in samples]))} "
+            f"| {fmt_num(median([s['fds'] for s in samples]))} "
             f"| {fmt_num(median([s['threads'] for s in samples]))} | {rss_walk} | {fds_walk} | {fds_after} |"
         )
     r = res.ratio(idle.get("vufsd"), idle.get("virtiofsd"))
@@ -386,7 +387,8 @@ def memory_section(res):
         "",
         f"Idle RSS vufsd / virtiofsd: **{fmt_ratio(r)}** (target ≤ {RSS_TARGET}: "
         f"{mark(None if r is None else r <= RSS_TARGET)}). Medians over {len(res.idle.get('vufsd', []))} "
-        "daemon starts each; idle = connected, FUSE_INIT done, nothing looked up.",
+        "daemon starts each; idle = connected, FUSE_INIT done, nothing looked up. Private = RssAnon "
+        "(heap, stacks); the rest of the RSS is the binary's and shared libraries' pages.",
     ]
     return lines
 

@@ -16,6 +16,9 @@ use crate::workload::Phase;
 pub struct ProcSample {
     /// Resident set size (VmRSS), KiB.
     pub rss_kb: u64,
+    /// The private part of it (RssAnon: heap, stacks), KiB; the rest is mostly the binary's and
+    /// the shared libraries' pages, which other processes share.
+    pub anon_kb: u64,
     /// Open file descriptors (entries of /proc/PID/fd).
     pub fds: u64,
     /// Threads (entries of /proc/PID/task).
@@ -37,9 +40,11 @@ fn count_entries(p: &Path) -> Result<u64> {
     Ok(rd.filter(|e| e.is_ok()).count() as u64)
 }
 
-/// VmRSS in KiB from the text of /proc/PID/status.
-fn parse_rss_kb(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// A "Key:   123 kB" field of /proc/PID/status, in KiB.
+fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -52,8 +57,11 @@ fn parse_schedstat_ns(s: &str) -> Option<u64> {
 pub fn sample(pid: u32) -> Result<ProcSample> {
     let dir = proc_dir(pid);
     let status = read(&dir.join("status"))?;
-    let rss_kb = parse_rss_kb(&status)
-        .ok_or_else(|| Error::Config(format!("no VmRSS in /proc/{pid}/status")))?;
+    let field = |key: &str| {
+        parse_status_kb(&status, key)
+            .ok_or_else(|| Error::Config(format!("no {key} in /proc/{pid}/status")))
+    };
+    let (rss_kb, anon_kb) = (field("VmRSS")?, field("RssAnon")?);
     let fds = count_entries(&dir.join("fd"))?;
     let tasks = dir.join("task");
     let rd =
@@ -72,6 +80,7 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     }
     Ok(ProcSample {
         rss_kb,
+        anon_kb,
         fds,
         threads,
         cpu_ns,
@@ -163,12 +172,13 @@ impl WatchReport {
         format!(
             concat!(
                 "\"daemon_cpu_ms\":{:.3},\"daemon_threads\":{},",
-                "\"daemon_rss_kb_peak\":{},\"daemon_fds_peak\":{},",
+                "\"daemon_rss_kb_peak\":{},\"daemon_anon_kb_peak\":{},\"daemon_fds_peak\":{},",
                 "\"daemon_rss_kb_forgotten\":{},\"daemon_fds_forgotten\":{}"
             ),
             self.cpu_ns as f64 / 1e6,
             self.peak.threads,
             self.peak.rss_kb,
+            self.peak.anon_kb,
             self.peak.fds,
             self.forgotten.rss_kb,
             self.forgotten.fds,
@@ -180,8 +190,9 @@ impl ProcSample {
     /// One JSON object describing this reading, labelled `what`.
     pub fn json(&self, what: &str) -> String {
         format!(
-            "{{\"sample\":\"{what}\",\"rss_kb\":{},\"fds\":{},\"threads\":{},\"cpu_ms\":{:.3}}}",
+            "{{\"sample\":\"{what}\",\"rss_kb\":{},\"anon_kb\":{},\"fds\":{},\"threads\":{},\"cpu_ms\":{:.3}}}",
             self.rss_kb,
+            self.anon_kb,
             self.fds,
             self.threads,
             self.cpu_ns as f64 / 1e6
@@ -195,9 +206,10 @@ mod tests {
 
     #[test]
     fn parses_status_and_schedstat() {
-        let status = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    6212 kB\nThreads:\t3\n";
-        assert_eq!(parse_rss_kb(status), Some(6212));
-        assert_eq!(parse_rss_kb("Name:\tx\n"), None);
+        let status = "Name:\tx\nVmRSS:\t    6212 kB\nRssAnon:\t 444 kB\nRssAnonX:\t1 kB\n";
+        assert_eq!(parse_status_kb(status, "VmRSS"), Some(6212));
+        assert_eq!(parse_status_kb(status, "RssAnon"), Some(444));
+        assert_eq!(parse_status_kb("Name:\tx\n", "VmRSS"), None);
         assert_eq!(parse_schedstat_ns("123456 789 10\n"), Some(123_456));
         assert_eq!(parse_schedstat_ns(""), None);
     }
