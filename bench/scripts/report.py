@@ -72,11 +72,37 @@ def os_name():
     return platform.system()
 
 
+def machine_notes():
+    """Host features that change what a run measures: memory handed back to the hypervisor and
+    proactive reclaim both make page-cache pages cost more than they would elsewhere."""
+    notes = []
+    base = "/sys/bus/virtio/devices"
+    for dev in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        try:
+            if read(f"{base}/{dev}/device").strip() == "0x0005":
+                feats = read(f"{base}/{dev}/features").strip()
+                # VIRTIO_BALLOON_F_REPORTING is feature bit 5.
+                if len(feats) > 5 and feats[5] == "1":
+                    notes.append("virtio-balloon free page reporting is on")
+        except OSError:
+            continue
+    kd = "/sys/kernel/mm/damon/admin/kdamonds"
+    for k in sorted(os.listdir(kd)) if os.path.isdir(kd) else []:
+        try:
+            if read(f"{kd}/{k}/state").strip() == "on":
+                notes.append("DAMON (kdamond) is running")
+                break
+        except OSError:
+            continue
+    return notes
+
+
 def cmd_machine(a):
     mem_kb = next(
         int(l.split()[1]) for l in read("/proc/meminfo").splitlines() if l.startswith("MemTotal:")
     )
     m = {
+        "notes": machine_notes(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
@@ -409,6 +435,8 @@ def machine_section(machine, loads):
         f"{machine.get('os')}, kernel {machine.get('kernel')}.",
         f"- Daemons: {machine.get('vufsd')}; {machine.get('virtiofsd')}.",
     ]
+    if machine.get("notes"):
+        lines.append("- Memory: " + "; ".join(machine["notes"]) + " (see seq-write-1m above).")
     if la:
         lines.append(
             f"- Load during the run (one sample per round): 1-min load average {min(la):.2f}–{max(la):.2f} "
