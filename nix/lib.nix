@@ -35,6 +35,7 @@ rec {
   args = share:
     builtins.concatLists (map (s:
       if s.type == "args" then checkedExtra share
+      else if s.type == "fixed" then [ "${s.flag}=${s.value}" ]
       else [ "${s.flag}=${render s (valueOf s share)}" ]
     ) settings);
 
@@ -45,5 +46,5 @@ rec {
       if s.type == "args"
       then "${s.env}=${envQuote (builtins.concatStringsSep " " (checkedExtra share))}\n"
       else "${s.env}=${envQuote (render s v)}\n"
-    ) settings);
+    ) (builtins.filter (s: s.type != "fixed") settings));
 }

@@ -13,12 +13,47 @@ use crate::fs::CachePolicy;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SandboxMode {
-    /// New mount/pid/net namespaces with the shared directory as root (not available yet).
+    /// New mount, pid and network namespaces (and a user namespace when not root) with the
+    /// shared directory as the root.
     Namespace,
-    /// chroot(2) into the shared directory (not available yet).
+    /// chroot(2) into the shared directory: for hosts that forbid namespaces; root only.
     Chroot,
-    /// No sandbox: for unprivileged use, or inside a sandbox provided by someone else.
+    /// No sandbox: for running inside a sandbox provided by someone else.
     None,
+}
+
+impl From<SandboxMode> for crate::sandbox::Mode {
+    fn from(m: SandboxMode) -> Self {
+        match m {
+            SandboxMode::Namespace => Self::Namespace,
+            SandboxMode::Chroot => Self::Chroot,
+            SandboxMode::None => Self::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SeccompArg {
+    /// Kill the daemon (SIGSYS); the kernel audit log names the call.
+    Kill,
+    /// Allow the call and log it to the kernel audit log: how to find a missing one.
+    Log,
+    /// Send SIGSYS: the daemon names the call on stderr and exits.
+    Trap,
+    /// No seccomp filter.
+    None,
+}
+
+impl From<SeccompArg> for Option<crate::sandbox::seccomp::Action> {
+    fn from(s: SeccompArg) -> Self {
+        use crate::sandbox::seccomp::Action;
+        match s {
+            SeccompArg::Kill => Some(Action::Kill),
+            SeccompArg::Log => Some(Action::Log),
+            SeccompArg::Trap => Some(Action::Trap),
+            SeccompArg::None => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,9 +223,27 @@ pub struct Opt {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub thread_pool_size: usize,
 
-    /// Sandbox to run in. Only `none` is implemented so far.
-    #[arg(long, value_enum, default_value = "none", value_name = "MODE")]
+    /// Sandbox to run in, so that a guest that took over the daemon still finds only the shared
+    /// directory (docs/security.md). If `namespace` cannot be set up, vufsd refuses to start
+    /// and says which mode to use instead.
+    #[arg(long, value_enum, default_value = "namespace", value_name = "MODE")]
     pub sandbox: SandboxMode,
+
+    /// What happens when the daemon makes a system call outside its seccomp allowlist.
+    #[arg(long, value_enum, default_value = "kill", value_name = "ACTION")]
+    pub seccomp: SeccompArg,
+
+    /// Change the capabilities a daemon started as root keeps, e.g. `+sys_admin:-mknod` (names
+    /// as in capabilities(7), without CAP_). By default it keeps chown, dac_override, fowner,
+    /// fsetid, setgid, setuid, mknod and setfcap, and drops every other.
+    #[arg(long, value_name = "+CAP:-CAP", value_parser = parse_modcaps)]
+    pub modcaps: Option<crate::sandbox::CapChanges>,
+
+    /// Set the open file limit (RLIMIT_NOFILE) to N, or as close as the hard limit allows when
+    /// the daemon may not raise it; 0 leaves it unchanged. By default the soft limit is raised
+    /// to min(1000000, /proc/sys/fs/nr_open), or to the hard limit.
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
 
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
@@ -201,6 +254,10 @@ pub struct Opt {
 
     #[command(flatten)]
     pub pending: crate::compat::PendingArgs,
+}
+
+fn parse_modcaps(s: &str) -> Result<crate::sandbox::CapChanges, String> {
+    s.parse()
 }
 
 fn parse_level(s: &str) -> Result<LevelFilter, String> {
@@ -219,6 +276,15 @@ impl Opt {
             NoatimePolicy::Preserve
         } else {
             self.noatime.into()
+        }
+    }
+
+    pub fn sandbox_config(&self) -> crate::sandbox::Config {
+        crate::sandbox::Config {
+            mode: self.sandbox.into(),
+            seccomp: self.seccomp.into(),
+            modcaps: self.modcaps.unwrap_or_default(),
+            rlimit_nofile: self.rlimit_nofile,
         }
     }
 
@@ -398,6 +464,33 @@ mod tests {
         ])
         .unwrap();
         assert!(overlapping.fs_config().is_err());
+    }
+
+    #[test]
+    fn sandbox_options() {
+        let c = parse(&["--socket-path=s", "--shared-dir=d"])
+            .unwrap()
+            .sandbox_config();
+        assert_eq!(c.mode, crate::sandbox::Mode::Namespace);
+        assert_eq!(c.seccomp, Some(crate::sandbox::seccomp::Action::Kill));
+        assert_eq!(c.rlimit_nofile, None);
+        let c = parse(&[
+            "--socket-path=s",
+            "--shared-dir=d",
+            "--sandbox=chroot",
+            "--seccomp=none",
+            "--modcaps=+sys_admin:-mknod",
+            "--rlimit-nofile=0",
+        ])
+        .unwrap()
+        .sandbox_config();
+        assert_eq!(c.mode, crate::sandbox::Mode::Chroot);
+        assert_eq!(c.seccomp, None);
+        assert_eq!(c.rlimit_nofile, Some(0));
+        let kept = c.modcaps.apply(crate::sandbox::CapSet::PASSTHROUGH);
+        assert!(kept.contains(21) && !kept.contains(27));
+        assert!(parse(&["--socket-path=s", "--shared-dir=d", "--modcaps=+nonsense"]).is_err());
+        assert!(parse(&["--socket-path=s", "--shared-dir=d", "--seccomp=maybe"]).is_err());
     }
 
     #[test]

@@ -58,18 +58,6 @@ pub enum InodeFileHandles {
     Mandatory,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SeccompAction {
-    /// No filter (what vufsd does).
-    None,
-    /// Kill the daemon on a syscall outside the filter (refused: no filter yet).
-    Kill,
-    /// Log such syscalls (ignored with a warning).
-    Log,
-    /// Send SIGSYS (refused: no filter yet).
-    Trap,
-}
-
 /// virtiofsd options vufsd accepts so that existing command lines keep working. Each is either
 /// implemented (`-d`, `-f`, `--print-capabilities`, `-o`) or judged by [`review`].
 #[derive(Clone, Debug, Default, Args)]
@@ -162,8 +150,8 @@ pub struct VirtiofsdArgs {
     pub migration_confirm_paths: bool,
 }
 
-/// virtiofsd options that are being implemented in vufsd right now (id mapping, sandbox and
-/// limits). Until they land they are accepted here, and ignored or refused by [`review`].
+/// virtiofsd options that are being implemented in vufsd right now (id mapping). Until they
+/// land they are accepted here, and ignored or refused by [`review`].
 /// When the real option is merged, delete its field here and its rule in `review_pending`.
 #[derive(Clone, Debug, Default, Args)]
 pub struct PendingArgs {
@@ -175,21 +163,6 @@ pub struct PendingArgs {
     /// User-namespace gid map (not implemented yet): as --uid-map.
     #[arg(long, value_name = "MAP")]
     pub gid_map: Vec<String>,
-
-    /// seccomp filter (not implemented yet): `none` is what vufsd does, `log` is accepted with a
-    /// warning, `kill` and `trap` are refused (confine vufsd with systemd's SystemCallFilter=).
-    #[arg(long, value_enum, value_name = "ACTION")]
-    pub seccomp: Option<SeccompAction>,
-
-    /// Capability changes (not implemented yet): vufsd keeps the capabilities it was started
-    /// with, so adding (`+cap`) is accepted with a warning and dropping (`-cap`) is refused.
-    #[arg(long, value_name = "CAPS")]
-    pub modcaps: Option<String>,
-
-    /// Open-file limit (not implemented yet): accepted with a warning; the limit stays as
-    /// inherited (systemd: LimitNOFILE=).
-    #[arg(long, value_name = "N")]
-    pub rlimit_nofile: Option<u64>,
 }
 
 /// Rewrite every `-o LIST` (also `-oLIST`, `-o=LIST`) into the long options its items name,
@@ -438,37 +411,6 @@ fn review_pending(p: &PendingArgs, privileged: bool) -> Vec<Notice> {
             ))
         });
     }
-    match p.seccomp {
-        Some(SeccompAction::Log) => notes.push(Ignored(
-            "--seccomp=log is ignored: vufsd installs no seccomp filter yet".into(),
-        )),
-        Some(a @ (SeccompAction::Kill | SeccompAction::Trap)) => notes.push(Refused(format!(
-            "--seccomp={} is not implemented yet: vufsd installs no seccomp filter; use \
-             --seccomp=none and confine vufsd from outside (contrib/systemd/vufsd@.service sets \
-             SystemCallFilter=)",
-            format!("{a:?}").to_lowercase()
-        ))),
-        _ => {}
-    }
-    if let Some(caps) = &p.modcaps {
-        if caps.split(':').any(|c| c.trim_start().starts_with('-')) {
-            notes.push(Refused(format!(
-                "--modcaps={caps} is not implemented yet: vufsd would keep the capabilities you \
-                 asked it to drop; remove --modcaps and bound them from outside (systemd \
-                 CapabilityBoundingSet=, or setpriv)"
-            )));
-        } else {
-            notes.push(Ignored(format!(
-                "--modcaps={caps} is ignored: vufsd keeps the capabilities it was started with"
-            )));
-        }
-    }
-    if let Some(n) = p.rlimit_nofile {
-        notes.push(Ignored(format!(
-            "--rlimit-nofile={n} is not implemented yet: the open-file limit stays as inherited \
-             (raise it with ulimit -n, or systemd's LimitNOFILE=)"
-        )));
-    }
     notes
 }
 
@@ -583,15 +525,16 @@ mod tests {
     }
 
     #[test]
-    fn modcaps_drop_is_refused_add_is_ignored() {
-        assert!(matches!(
-            notices(&["--modcaps=+sys_admin:-chown"], true)[..],
-            [Notice::Refused(_)]
-        ));
-        assert!(matches!(
-            notices(&["--modcaps=+sys_admin"], true)[..],
-            [Notice::Ignored(_)]
-        ));
+    fn sandbox_options_are_real_options_now() {
+        let n = notices(
+            &[
+                "--modcaps=+sys_admin:-chown",
+                "--seccomp=log",
+                "--rlimit-nofile=0",
+            ],
+            true,
+        );
+        assert!(n.is_empty(), "{n:?}");
     }
 
     #[test]
@@ -610,7 +553,8 @@ mod tests {
                 "--inode-file-handles=never",
                 "--no-announce-submounts",
                 "--no-killpriv-v2",
-                "--seccomp=none",
+                "--seccomp=kill",
+                "--sandbox=namespace",
                 "--security-label=never",
                 "-f",
             ],

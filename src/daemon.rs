@@ -1,22 +1,26 @@
 //! The daemon's life: check the inputs, get a listening socket, serve one frontend connection,
 //! and exit — 0 when the frontend disconnects, 1 with one clear line when something is wrong.
 
+use std::ffi::CString;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostError, Listener};
 use vhost_user_backend::{Error as BackendError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::cli::{Opt, SandboxMode};
+use crate::cli::Opt;
 use crate::device::FsDevice;
 use crate::fs::Passthrough;
 use crate::protocol::Dispatcher;
+use crate::sandbox::{self, ChildExit, Entered, SandboxError, Supervisor};
 use crate::sys;
 use crate::systemd::{self, ActivationError};
 
@@ -36,7 +40,7 @@ pub enum DaemonError {
     Activation(ActivationError),
     BadActivationFd(io::Error),
     SocketGroup(String, Option<io::Error>),
-    SandboxUnavailable(SandboxMode),
+    Sandbox(SandboxError),
     NoSharedMemory,
     Options(String),
     Setup(String, io::Error),
@@ -108,11 +112,7 @@ impl fmt::Display for DaemonError {
                 f,
                 "--socket-group {g}: cannot give the socket to that group: {e}: run vufsd as root or as a member of the group"
             ),
-            SandboxUnavailable(mode) => write!(
-                f,
-                "--sandbox={} is not implemented yet: use --sandbox=none (and run vufsd inside a sandbox of your own)",
-                format!("{mode:?}").to_lowercase()
-            ),
+            Sandbox(e) => write!(f, "{e}"),
             NoSharedMemory => write!(
                 f,
                 "the frontend gave no shareable guest memory: start QEMU with \
@@ -210,9 +210,61 @@ fn map_bind_error(path: &Path, e: io::Error) -> DaemonError {
     }
 }
 
+/// The socket file we created, removable from inside the sandbox (where its path means
+/// nothing): by name, in its directory, held open since before the sandbox was entered. Held
+/// only until the frontend has connected, so the daemon keeps no handle on the host's tree while
+/// it serves the guest.
+struct SocketFile {
+    dir: OwnedFd,
+    name: CString,
+    path: PathBuf,
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> Result<Self, DaemonError> {
+        let setup = |e| {
+            DaemonError::Setup(
+                format!("cannot open the directory of {}", path.display()),
+                e,
+            )
+        };
+        let dir = CString::new(socket_dir(path).as_os_str().as_encoded_bytes())
+            .map_err(|_| setup(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let name = path
+            .file_name()
+            .and_then(|n| CString::new(n.as_encoded_bytes()).ok())
+            .ok_or_else(|| setup(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let cwd = std::fs::File::open(".").map_err(setup)?;
+        let dir =
+            sys::openat(cwd.as_fd(), &dir, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(setup)?;
+        Ok(Self {
+            dir,
+            name,
+            path: path.to_owned(),
+        })
+    }
+
+    fn remove(self) {
+        if let Err(e) = sys::unlinkat(self.dir.as_fd(), &self.name, 0) {
+            warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// The socket file, shared by the serving path and the signal thread: whoever comes first
+/// removes it.
+type SocketSlot = Arc<Mutex<Option<SocketFile>>>;
+
+fn remove_socket(slot: &SocketSlot) {
+    if let Some(file) = slot.lock().ok().and_then(|mut s| s.take()) {
+        file.remove();
+    }
+}
+
 /// The listening socket, from (in this order) --fd, systemd socket activation, or
-/// --socket-path; the path is returned when we created it, so it can be removed at exit.
-fn listener(opt: &Opt) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+/// --socket-path; the socket file is returned when we created it, so it can be removed once
+/// served.
+fn listener(opt: &Opt) -> Result<(UnixListener, Option<SocketFile>), DaemonError> {
     // Always read (and clear) the activation variables, so that they cannot leak even when an
     // explicit --fd wins (and then their content does not matter).
     let activated = systemd::take_activation_fd();
@@ -237,7 +289,7 @@ fn listener(opt: &Opt) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
     if let Some(group) = &opt.socket_group {
         give_socket_to_group(path, group)?;
     }
-    Ok((l, Some(path.clone())))
+    Ok((l, Some(SocketFile::new(path)?)))
 }
 
 /// `--socket-group`: let members of `group` connect (QEMU often runs as another user in the
@@ -260,19 +312,14 @@ fn give_socket_to_group(path: &Path, group: &str) -> Result<(), DaemonError> {
 const EXIT_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// Handle SIGTERM/SIGINT/SIGHUP on a thread of their own: log, clean up, exit 0.
-fn spawn_signal_thread(
-    dispatcher: Arc<Dispatcher>,
-    socket: Option<PathBuf>,
-) -> Result<(), DaemonError> {
+fn spawn_signal_thread(dispatcher: Arc<Dispatcher>, socket: SocketSlot) -> Result<(), DaemonError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = sys::wait_signal(&EXIT_SIGNALS) {
                 info!("received signal {sig}, exiting");
                 log_summary(&dispatcher);
-                if let Some(p) = &socket {
-                    let _ = std::fs::remove_file(p);
-                }
+                remove_socket(&socket);
                 std::process::exit(0);
             }
         })
@@ -280,12 +327,37 @@ fn spawn_signal_thread(
         .map_err(|e| DaemonError::Setup("cannot start the signal thread".into(), e))
 }
 
-/// Tell systemd (when it is listening) how we are doing. A failure is logged, not fatal: the
-/// daemon works the same without a service manager watching.
-fn notify(state: &str) {
-    if let Err(e) = systemd::notify(state) {
-        warn!("cannot notify the service manager ({state:?}): {e}");
+/// Where the daemon tells a service manager how it is doing (sd_notify): nowhere, straight to
+/// `$NOTIFY_SOCKET` (connected before entering the sandbox, which cuts the way there), or, from
+/// inside the namespace sandbox, through the supervisor: it is the process the service manager
+/// started (its main PID), and it can still reach the socket.
+enum StatusSink {
+    Nobody,
+    Manager(systemd::Notifier),
+    Supervisor(std::fs::File),
+}
+
+impl StatusSink {
+    /// A failure is logged, not fatal: the daemon works the same without a manager watching.
+    fn notify(&self, state: &str) {
+        let sent = match self {
+            StatusSink::Nobody => Ok(()),
+            StatusSink::Manager(n) => n.send(state),
+            // One write, so the message arrives whole (see sandbox::Jail::to_supervisor).
+            StatusSink::Supervisor(pipe) => (&*pipe).write_all(format!("{state}\0").as_bytes()),
+        };
+        if let Err(e) = sent {
+            warn!("cannot notify the service manager ({state:?}): {e}");
+        }
     }
+}
+
+/// `$NOTIFY_SOCKET`, connected now while it can be reached.
+fn connect_notifier() -> Option<systemd::Notifier> {
+    systemd::Notifier::connect().unwrap_or_else(|e| {
+        warn!("cannot notify the service manager: NOTIFY_SOCKET: {e}");
+        None
+    })
 }
 
 fn log_summary(dispatcher: &Dispatcher) {
@@ -302,29 +374,101 @@ fn log_summary(dispatcher: &Dispatcher) {
     }
 }
 
-/// Run the daemon to completion.
-pub fn run(opt: &Opt) -> Result<(), DaemonError> {
+/// The namespace sandbox's parent: wait for the sandboxed daemon and exit as it did.
+fn supervise(
+    supervisor: Supervisor,
+    notifier: Option<systemd::Notifier>,
+) -> Result<ExitCode, DaemonError> {
+    let pid = supervisor.child_pid();
+    let sink = notifier.map_or(StatusSink::Nobody, StatusSink::Manager);
+    match supervisor
+        .supervise(move |state| sink.notify(state))
+        .map_err(|e| DaemonError::Sandbox(SandboxError::Supervise(e)))?
+    {
+        ChildExit::Code(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        ChildExit::Signal(sig) => {
+            let why = if sig == libc::SIGSYS {
+                ": it made a system call outside the seccomp allowlist; the kernel log names \
+                 it (dmesg | grep type=1326), see docs/security.md"
+            } else {
+                ""
+            };
+            error!("the sandboxed daemon (pid {pid}) was killed by signal {sig}{why}");
+            Ok(ExitCode::from(128u8.saturating_add(sig as u8)))
+        }
+    }
+}
+
+/// Run the daemon to completion; the exit code is the sandboxed daemon's when this process
+/// only supervises it.
+pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     // Before any thread exists, so that every thread inherits the mask.
     sys::block_signals(&EXIT_SIGNALS)
         .map_err(|e| DaemonError::Setup("cannot block signals".into(), e))?;
 
-    if opt.sandbox != SandboxMode::None {
-        return Err(DaemonError::SandboxUnavailable(opt.sandbox));
-    }
+    let sandbox_cfg = opt.sandbox_config();
+    sandbox::check(&sandbox_cfg).map_err(DaemonError::Sandbox)?;
     check_shared_dir(&opt.shared_dir)?;
     // Options that cannot go together are refused before a socket exists.
     let fs_config = opt.fs_config().map_err(DaemonError::Options)?;
-    let (unix_listener, created) = listener(opt)?;
+    // The socket is created outside the sandbox: its path may be anywhere on the host.
+    let (unix_listener, socket_file) = listener(opt)?;
+    let created = socket_file.as_ref().map(|s| s.path.clone());
+    let socket_file: SocketSlot = Arc::new(Mutex::new(socket_file));
+    let served = serve(
+        opt,
+        &sandbox_cfg,
+        fs_config,
+        unix_listener,
+        created,
+        &socket_file,
+    );
+    if served.is_err() {
+        // A daemon that failed to start (here, or as the sandboxed child) leaves no socket
+        // file for QEMU to wait on.
+        remove_socket(&socket_file);
+    }
+    served
+}
 
+/// Everything after the socket exists: enter the sandbox, open the share, serve the frontend.
+fn serve(
+    opt: &Opt,
+    sandbox_cfg: &sandbox::Config,
+    fs_config: crate::fs::Config,
+    unix_listener: UnixListener,
+    created: Option<PathBuf>,
+    socket_file: &SocketSlot,
+) -> Result<ExitCode, DaemonError> {
+    sandbox::prepare(sandbox_cfg).map_err(DaemonError::Sandbox)?;
+    let notifier = connect_notifier();
+    let jail = match sandbox::enter(sandbox_cfg, &opt.shared_dir).map_err(DaemonError::Sandbox)? {
+        Entered::Supervisor(supervisor) => {
+            // Only the sandboxed daemon accepts (a frontend must not queue on our copy), and
+            // only it removes the socket file.
+            drop(unix_listener);
+            drop(socket_file.lock().ok().and_then(|mut s| s.take()));
+            return supervise(supervisor, notifier);
+        }
+        Entered::Jail(jail) => jail,
+    };
+    let status = match jail.to_supervisor {
+        Some(pipe) => StatusSink::Supervisor(pipe.into()),
+        None => notifier.map_or(StatusSink::Nobody, StatusSink::Manager),
+    };
+
+    // After the capabilities were reduced, so that it sees the ones it will have.
     let fs = Arc::new(
-        Passthrough::new(&opt.shared_dir, fs_config)
+        Passthrough::with_proc_fd(&jail.root, &opt.shared_dir, jail.proc_self_fd, fs_config)
             .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
     );
+    // Before the first thread (the pool's, the signal thread): every thread inherits the filter.
+    sandbox::restrict_syscalls(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let device = Arc::new(
         FsDevice::new(Dispatcher::new(fs), opt.thread_pool_size)
             .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
     );
-    spawn_signal_thread(device.dispatcher().clone(), created.clone())?;
+    spawn_signal_thread(device.dispatcher().clone(), socket_file.clone())?;
     let mut daemon = VhostUserDaemon::new(
         "vufsd".to_string(),
         device.clone(),
@@ -342,26 +486,24 @@ pub fn run(opt: &Opt) -> Result<(), DaemonError> {
         None => info!("listening on the inherited socket"),
     }
     // Type=notify: the socket is listening, so a frontend connecting now will be served.
-    notify("READY=1\nSTATUS=waiting for the frontend");
+    status.notify("READY=1\nSTATUS=waiting for the frontend");
     let mut listener = Listener::from(unix_listener);
     let started = daemon.start(&mut listener);
     // One connection is all we serve: the socket file has done its job.
-    if let Some(p) = &created {
-        let _ = std::fs::remove_file(p);
-    }
+    remove_socket(socket_file);
     started.map_err(|e| DaemonError::Frontend(format!("cannot accept the frontend: {e}")))?;
     info!("frontend connected");
-    notify("STATUS=serving the frontend");
+    status.notify("STATUS=serving the frontend");
 
     let result = daemon.wait();
     log_summary(device.dispatcher());
     match result {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(BackendError::HandleRequest(
             VhostError::Disconnected | VhostError::PartialMessage | VhostError::SocketBroken(_),
         )) => {
             info!("frontend disconnected, exiting");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Err(e) if !device.memory_mapped() => {
             warn!("vhost-user handshake failed: {e}");

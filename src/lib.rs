@@ -3,7 +3,8 @@
 //! A request flows guest kernel → virtqueue → [`device`] (vhost-user backend) → [`protocol`]
 //! (one descriptor chain, one FUSE request) → [`fs`] (the passthrough filesystem) → host
 //! syscalls in [`sys`]. [`daemon`] owns the process's life (with [`systemd`] for socket
-//! activation and readiness) and [`cli`] its options ([`compat`] for virtiofsd's spellings).
+//! activation and readiness) and [`cli`] its options ([`compat`] for virtiofsd's spellings);
+//! [`sandbox`] confines the process before the guest can talk to it.
 
 pub mod cli;
 pub mod compat;
@@ -13,5 +14,6 @@ pub mod fs;
 pub mod logger;
 mod pool;
 pub mod protocol;
+pub mod sandbox;
 pub mod sys;
 pub mod systemd;

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         }
     }
     match vufsd::daemon::run(&opt) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => refuse(&e),
     }
 }

@@ -443,9 +443,17 @@ pub fn fd_name(fd: RawFd) -> CString {
     CString::new(fd.to_string()).unwrap_or_default()
 }
 
-/// A path for the path-based xattr calls: `/proc/self/fd/N`.
+/// A path for the path-based xattr calls, which have no `*at` form: `N`, resolved against the
+/// working directory, which `fs::Passthrough` sets to `/proc/self/fd` (an absolute
+/// `/proc/self/fd/N` would not exist inside a chroot or namespace sandbox).
 pub fn proc_fd_path(fd: RawFd) -> CString {
-    CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
+    fd_name(fd)
+}
+
+/// `fchdir(2)`. Process-wide: every thread shares the working directory.
+pub fn fchdir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fchdir(dir.as_raw_fd()) }).map(drop)
 }
 
 // --- file I/O straight between host files and guest memory ------------------------------------

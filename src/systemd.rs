@@ -94,13 +94,33 @@ pub fn notify_addr(value: &OsStr) -> io::Result<SocketAddr> {
 /// Send one sd_notify message (e.g. `READY=1`). Returns false when `$NOTIFY_SOCKET` is unset,
 /// i.e. nobody waits for our state (not started as a `Type=notify` service).
 pub fn notify(state: &str) -> io::Result<bool> {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(false);
-    };
-    let addr = notify_addr(&target)?;
-    let sock = UnixDatagram::unbound()?;
-    sock.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(true)
+    match Notifier::connect()? {
+        Some(n) => n.send(state).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// `$NOTIFY_SOCKET`, connected once and early. Inside vufsd's sandbox (a chroot, a new mount or
+/// network namespace) neither a path nor an abstract name can be reached any more, and the
+/// seccomp filter allows no new socket; a datagram socket connected before still delivers, with
+/// one send(2).
+#[derive(Debug)]
+pub struct Notifier(UnixDatagram);
+
+impl Notifier {
+    /// None when `$NOTIFY_SOCKET` is unset.
+    pub fn connect() -> io::Result<Option<Notifier>> {
+        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let sock = UnixDatagram::unbound()?;
+        sock.connect_addr(&notify_addr(&target)?)?;
+        Ok(Some(Notifier(sock)))
+    }
+
+    pub fn send(&self, state: &str) -> io::Result<()> {
+        self.0.send(state.as_bytes()).map(drop)
+    }
 }
 
 #[cfg(test)]

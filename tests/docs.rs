@@ -35,7 +35,9 @@ systemd readiness: vufsd sends READY=1 there once it listens (Type=notify).
 .SH EXIT STATUS
 0 when the frontend disconnects or on SIGTERM, SIGINT or SIGHUP; 1 with one line on stderr
 (\fBvufsd: error: ...\fR) when it cannot start or refuses an option; 2 for a malformed
-command line.
+command line. With \-\-sandbox=namespace the process started supervises the sandboxed daemon
+and exits with its status: 128+N when it was killed by signal N (159: a system call outside
+its seccomp filter).
 .SH FILES
 .TP
 \fB/usr/lib/systemd/system/vufsd@.service\fR, \fBvufsd@.socket\fR

@@ -35,6 +35,11 @@ fn rendered_unit_lines() -> (String, String) {
     let mut exec = String::from("ExecStart=/usr/bin/vufsd");
     let mut env = String::from("Environment=");
     for s in share_options() {
+        if s["type"] == "fixed" {
+            let (flag, value) = (s["flag"].as_str().unwrap(), s["value"].as_str().unwrap());
+            exec.push_str(&format!(" {flag}={value}"));
+            continue;
+        }
         let var = s["env"].as_str().unwrap();
         match s["type"].as_str().unwrap() {
             "args" => exec.push_str(&format!(" ${var}")),
@@ -72,7 +77,7 @@ fn the_unit_follows_share_options() {
         .collect();
     let want: Vec<String> = share_options()
         .iter()
-        .map(|s| s["env"].as_str().unwrap().to_string())
+        .filter_map(|s| s["env"].as_str().map(String::from))
         .collect();
     assert_eq!(vars, want);
 }

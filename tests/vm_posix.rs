@@ -44,11 +44,11 @@ if mode == 'holder':
     else: fcntl.flock(f, fcntl.LOCK_EX)
     open('/mnt/held-' + kind, 'w').close()
     time.sleep(float(sys.argv[3]))
+    out('RELEASED', time.time())   # just before: the contender cannot get it earlier
     if sys.argv[4] == 'close': f.close()   # a close releases POSIX locks and flocks
     else:
         if kind == 'posix': fcntl.lockf(f, fcntl.LOCK_UN)
         else: fcntl.flock(f, fcntl.LOCK_UN)
-    out('released')
 elif mode == 'contender':
     kind = sys.argv[2]
     while not os.path.exists('/mnt/held-' + kind): time.sleep(0.05)
@@ -64,10 +64,10 @@ elif mode == 'contender':
         q = struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0)
         r = fcntl.fcntl(f, fcntl.F_GETLK, q)
         out('GETLK-TYPE', struct.unpack('hhqqi', r)[0] == fcntl.F_WRLCK)
-    t = time.time()
+    out('WAIT-START', time.time())
     if kind == 'posix': fcntl.lockf(f, fcntl.LOCK_EX)
     else: fcntl.flock(f, fcntl.LOCK_EX)
-    out('WAITED', round(time.time() - t, 1))
+    out('ACQUIRED', time.time())
 elif mode == 'busy':
     # Runs while the contender waits: must not be held up behind the lock wait.
     kind = sys.argv[2]
@@ -100,13 +100,17 @@ L="hostrun python3 /test/locks.py"
 for kind in posix flock; do
   for how in unlock close; do
     rm -f /mnt/held-$kind
-    $L holder $kind 2 $how > /tmp/h.out &
+    $L holder $kind 3 $how > /tmp/h.out &
     $L busy $kind > /tmp/b.out &
     $L contender $kind > /tmp/c.out
     wait
     expect_eq $kind-$how-nonblocking-refused "$(grep -c NB-REFUSED /tmp/c.out)" 1
-    w=$(sed -n 's/^WAITED //p' /tmp/c.out)
-    check $kind-$how-blocked-until-release awk "BEGIN{exit !($w >= 1.0)}"
+    s=$(sed -n 's/^WAIT-START //p' /tmp/c.out)
+    r=$(sed -n 's/^RELEASED //p' /tmp/h.out)
+    a=$(sed -n 's/^ACQUIRED //p' /tmp/c.out)
+    # It started waiting while the lock was held, and got it only once it was released.
+    check $kind-$how-blocked-until-release awk "BEGIN{exit !($s < $r && $a >= $r)}"
+    w=$(awk "BEGIN{printf \"%.1f\", $a - $s}")
     b=$(sed -n 's/^BUSY-SECONDS //p' /tmp/b.out)
     check $kind-$how-other-requests-not-stalled awk "BEGIN{exit !($b < 1.0)}"
     if [ $kind = posix ]; then expect_eq posix-$how-getlk-sees-holder "$(grep -c 'GETLK-TYPE True' /tmp/c.out)" 1; fi

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::prepare::{dir1000_name, BIG_FILE_SIZE, DIR1000_FILES};
 use crate::stats::{Histogram, Summary};
-use crate::workload::{Budget, RunConfig, Workload};
+use crate::workload::{Budget, Phase, RunConfig, Workload};
 
 fn cstr(name: &[u8]) -> Result<CString> {
     CString::new(name).map_err(|_| Error::Config("name contains NUL".into()))
@@ -273,11 +273,22 @@ struct ThreadState {
 
 /// Runs `cfg.workload` directly on the host tree at `root` with `cfg.depth` threads.
 pub fn run(root: &Path, cfg: &RunConfig) -> Result<Summary> {
+    run_observed(root, cfg, &mut |_| {})
+}
+
+/// [`run`], calling `observe` when the clock starts ([`Phase::Start`]) and when every thread
+/// has stopped ([`Phase::Peak`]), e.g. to read this process's CPU time.
+pub fn run_observed(
+    root: &Path,
+    cfg: &RunConfig,
+    observe: &mut dyn FnMut(Phase),
+) -> Result<Summary> {
     if cfg.depth == 0 {
         return Err(Error::Config("depth must be at least 1".into()));
     }
     let floor = Floor::new(cfg.workload, root, cfg.depth)?;
     let budget = Budget::new(cfg.duration, cfg.ops);
+    observe(Phase::Start);
     let start = Instant::now();
     let results: Vec<Result<(Histogram, u64, Instant)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..cfg.depth as u64)
@@ -294,6 +305,7 @@ pub fn run(root: &Path, cfg: &RunConfig) -> Result<Summary> {
             })
             .collect()
     });
+    observe(Phase::Peak);
     let mut s = Summary {
         workload: cfg.workload.name().into(),
         mode: "floor".into(),

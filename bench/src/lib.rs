@@ -11,8 +11,8 @@
 //! - [`fuse_abi`], [`fuse_req`], [`ops`]: FUSE structs, Linux-shaped request layout, typed
 //!   operations.
 //! - [`client`] (blocking) and [`pipeline`] (many requests in flight per queue).
-//! - [`daemon`]: spawning a daemon under test; [`stats`], [`workload`], [`floor`],
-//!   [`prepare`]: the benchmark.
+//! - [`daemon`]: spawning a daemon under test; [`procstat`]: its resource use; [`stats`],
+//!   [`workload`], [`floor`], [`prepare`]: the benchmark.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -39,6 +39,7 @@ pub mod memory;
 pub mod ops;
 pub mod pipeline;
 pub mod prepare;
+pub mod procstat;
 pub mod queue;
 pub mod stats;
 pub mod virtqueue;

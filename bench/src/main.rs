@@ -3,7 +3,7 @@
 //! ```text
 //! vufsd-bench prepare DIR
 //! vufsd-bench --socket S --workload NAME[,NAME...|all] [--depth N] [--queues Q]
-//!             [--duration SECS | --ops N] [--dir RELPATH] [--json]
+//!             [--duration SECS | --ops N] [--dir RELPATH] [--json] [--watch-pid PID]
 //! vufsd-bench --floor --dir HOSTDIR --workload NAME [--depth N] [--duration SECS | --ops N]
 //! ```
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vufsd_bench::workload::{self, RunConfig, Workload};
-use vufsd_bench::{floor, prepare, Device, DeviceConfig, FuseClient, Summary};
+use vufsd_bench::{floor, prepare, procstat, Device, DeviceConfig, FuseClient, Summary};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,6 +88,11 @@ struct Cli {
     /// Use SET_MEM_TABLE even if the daemon offers CONFIGURE_MEM_SLOTS.
     #[arg(long)]
     no_mem_slots: bool,
+
+    /// The daemon's pid: report its memory, fds and CPU time after FUSE_INIT and around each
+    /// workload (measured phase, before and after the run's FORGETs).
+    #[arg(long, conflicts_with = "floor")]
+    watch_pid: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,8 +153,21 @@ fn run(cli: Cli) -> Result<(), String> {
     if cli.floor {
         let root = PathBuf::from(&cli.dir);
         for w in list {
-            let s = floor::run(&root, &mk(w)).map_err(|e| format!("{}: {e}", w.name()))?;
-            report(&s, cli.json);
+            // The floor's own CPU time over the measured phase: what the syscalls cost,
+            // comparable with the daemon's CPU time per op.
+            let mut cpu = [None, None];
+            let s = floor::run_observed(&root, &mk(w), &mut |p| {
+                cpu[usize::from(p != workload::Phase::Start)] = procstat::self_cpu_ns().ok();
+            })
+            .map_err(|e| format!("{}: {e}", w.name()))?;
+            match (cpu, cli.json) {
+                ([Some(a), Some(b)], true) => {
+                    let cpu_ms = b.saturating_sub(a) as f64 / 1e6;
+                    let j = s.json();
+                    println!("{},\"floor_cpu_ms\":{cpu_ms:.3}}}", j.trim_end_matches('}'));
+                }
+                _ => report(&s, cli.json),
+            }
         }
         return Ok(());
     }
@@ -176,9 +194,36 @@ fn run(cli: Cli) -> Result<(), String> {
             init.max_write
         );
     }
+    if let Some(pid) = cli.watch_pid {
+        let idle = procstat::sample(pid).map_err(|e| format!("daemon {pid}: {e}"))?;
+        println!("{}", idle.json("idle"));
+    }
     for w in list {
-        let s = workload::run(&dev, &cli.dir, &mk(w)).map_err(|e| format!("{}: {e}", w.name()))?;
-        report(&s, cli.json);
+        let mut watch = cli.watch_pid.map(procstat::Watch::new);
+        let run = match &mut watch {
+            Some(wa) => workload::run_observed(&dev, &cli.dir, &mk(w), &mut |p| wa.observe(p)),
+            None => workload::run(&dev, &cli.dir, &mk(w)),
+        };
+        let s = match run {
+            Ok(s) => s,
+            Err(e) => {
+                // The daemon's state when it refused (e.g. out of fds) explains the error;
+                // it exits once we disconnect, so read it now.
+                if let Some(Ok(at)) = cli.watch_pid.map(procstat::sample) {
+                    println!("{}", at.json(&format!("error-{}", w.name())));
+                }
+                return Err(format!("{}: {e}", w.name()));
+            }
+        };
+        match watch.map(procstat::Watch::finish).transpose() {
+            Ok(Some(r)) if cli.json => {
+                let j = s.json();
+                println!("{},{}}}", j.trim_end_matches('}'), r.json_members());
+            }
+            Ok(Some(r)) => println!("{}\n    daemon: {}", s.human(), r.json_members()),
+            Ok(None) => report(&s, cli.json),
+            Err(e) => return Err(format!("{}: reading the daemon's /proc: {e}", w.name())),
+        }
     }
     Ok(())
 }

@@ -486,6 +486,8 @@ struct ThreadResult {
     bytes: u64,
     requests: u64,
     loop_end: Option<Instant>,
+    /// Lookup references the tasks took, forgotten after [`Phase::Peak`].
+    refs: HashMap<u64, u64>,
 }
 
 fn run_queue(
@@ -505,20 +507,42 @@ fn run_queue(
         sh.budget.abort();
     }
     res?;
-    for (&node, &n) in local.refs.borrow().iter() {
-        pipe.forget(node, n)?;
-    }
     Ok(ThreadResult {
         hist: local.hist.take(),
         bytes: local.bytes.get(),
         requests: pipe.requests(),
         loop_end: local.loop_end.get(),
+        refs: local.refs.take(),
     })
+}
+
+/// Points of a run at which [`run_observed`] calls its observer, e.g. to read the daemon's
+/// resource use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Targets are resolved and the clock is about to start.
+    Start,
+    /// The measured phase is over and no FORGET has been sent: the daemon still holds every
+    /// inode the run looked up (as it would under a guest whose dentry cache kept them).
+    Peak,
+    /// Every reference the run took has been forgotten, and the daemon has taken back each
+    /// FORGET's descriptors.
+    Forgotten,
 }
 
 /// Runs one workload on an initialized device (FUSE_INIT done) against the tree prepared
 /// under `dir` (relative to the shared root; "" for the root itself).
 pub fn run(dev: &Arc<Device>, dir: &str, cfg: &RunConfig) -> Result<Summary> {
+    run_observed(dev, dir, cfg, &mut |_| {})
+}
+
+/// [`run`], calling `observe` at each [`Phase`].
+pub fn run_observed(
+    dev: &Arc<Device>,
+    dir: &str,
+    cfg: &RunConfig,
+    observe: &mut dyn FnMut(Phase),
+) -> Result<Summary> {
     if cfg.depth == 0 || cfg.queues == 0 {
         return Err(Error::Config("depth and queues must be at least 1".into()));
     }
@@ -545,6 +569,7 @@ pub fn run(dev: &Arc<Device>, dir: &str, cfg: &RunConfig) -> Result<Summary> {
         counter: AtomicU64::new(0),
         write_span: ((BIG_FILE_SIZE / cfg.depth as u64) & !((1 << 20) - 1)).max(16 << 20),
     };
+    observe(Phase::Start);
     let start = Instant::now();
     let queues = usize::from(cfg.queues);
     let results: Vec<Result<ThreadResult>> = std::thread::scope(|s| {
@@ -575,16 +600,23 @@ pub fn run(dev: &Arc<Device>, dir: &str, cfg: &RunConfig) -> Result<Summary> {
         bytes: 0,
     };
     let mut end = start;
+    let mut refs = targets.refs.clone();
     for r in results {
         let r = r?;
         summary.ops.merge(&r.hist);
         summary.bytes += r.bytes;
         summary.requests += r.requests;
         end = end.max(r.loop_end.unwrap_or(start));
+        for (node, n) in r.refs {
+            *refs.entry(node).or_default() += n;
+        }
     }
     summary.elapsed = end - start;
-    for (&node, &n) in &targets.refs {
+    observe(Phase::Peak);
+    // Round trips on the high-priority queue: when they return, the daemon has seen them all.
+    for (&node, &n) in &refs {
         setup_client.forget(node, n)?;
     }
+    observe(Phase::Forgotten);
     Ok(summary)
 }

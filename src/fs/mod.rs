@@ -136,6 +136,10 @@ fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
+fn is_xattr_opcode(opcode: u32) -> bool {
+    (Opcode::Setxattr as u32..=Opcode::Removexattr as u32).contains(&opcode)
+}
+
 /// Names from the guest are single path components: a '/' would let `*at` calls walk.
 fn check_name(name: &CStr) -> io::Result<()> {
     let bytes = name.to_bytes();
@@ -151,8 +155,28 @@ fn check_name(name: &CStr) -> io::Result<()> {
 impl Passthrough {
     /// Open `shared_dir` as the root of the share.
     pub fn new(shared_dir: &std::path::Path, cfg: Config) -> io::Result<Self> {
-        let path = CString::new(shared_dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| err(libc::EINVAL))?;
+        let proc_dir = std::fs::File::open("/proc")?;
+        let proc_self_fd = sys::openat(
+            proc_dir.as_fd(),
+            c"self/fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        Self::with_proc_fd(shared_dir, shared_dir, proc_self_fd, cfg)
+    }
+
+    /// Open `root` as the root of the share, with `proc_self_fd` (an fd for this process's
+    /// `/proc/self/fd`) opened by the caller: inside a sandbox, `/proc` is not reachable by path.
+    /// `shown` names the share in the log. Makes `/proc/self/fd` the working directory, for
+    /// the xattr calls (see `sys::proc_fd_path`).
+    pub fn with_proc_fd(
+        root: &std::path::Path,
+        shown: &std::path::Path,
+        proc_self_fd: OwnedFd,
+        cfg: Config,
+    ) -> io::Result<Self> {
+        let path =
+            CString::new(root.as_os_str().as_encoded_bytes()).map_err(|_| err(libc::EINVAL))?;
         let cwd = sys::openat(
             // AT_FDCWD is not an fd we own; open "." to have one.
             std::fs::File::open(".")?.as_fd(),
@@ -161,13 +185,8 @@ impl Passthrough {
             0,
         )?;
         let root_st = sys::stat_fd(cwd.as_fd())?;
-        let proc_dir = std::fs::File::open("/proc")?;
-        let proc_self_fd = sys::openat(
-            proc_dir.as_fd(),
-            c"self/fd",
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?;
+        // After the root is open: a relative --shared-dir is relative to the old directory.
+        sys::fchdir(proc_self_fd.as_fd())?;
         let euid = sys::geteuid();
         let caps = sys::effective_caps().unwrap_or(0);
         let creds = DaemonCreds {
@@ -178,7 +197,7 @@ impl Passthrough {
         sys::umask(0);
         info!(
             "serving {} (uid {euid}, CAP_FOWNER {}, O_NOATIME policy {})",
-            shared_dir.display(),
+            shown.display(),
             if creds.cap_fowner { "yes" } else { "no" },
             cfg.noatime
         );
@@ -210,8 +229,8 @@ impl Passthrough {
         };
         let count = seen.entry(opcode).or_insert(0);
         if *count == 0 {
-            if (Opcode::Setxattr as u32..=Opcode::Removexattr as u32).contains(&opcode) {
-                info!("the guest asked for extended attributes, which are off (--xattr serves them): ENOSYS");
+            if is_xattr_opcode(opcode) {
+                debug!("the guest asked for extended attributes, which are off (--xattr serves them): ENOSYS");
             } else {
                 info!("the guest sent FUSE opcode {opcode}, which vufsd does not serve: ENOSYS");
             }
@@ -219,11 +238,17 @@ impl Passthrough {
         *count += 1;
     }
 
-    /// Opcodes answered ENOSYS so far, with counts.
+    /// Opcodes answered ENOSYS so far, with counts; the xattr opcodes answered so because
+    /// xattrs are off are left out (that is configuration, not a missing feature).
     pub fn unsupported_opcodes(&self) -> Vec<(u32, u64)> {
         self.unsupported
             .lock()
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !is_xattr_opcode(**k))
+                    .map(|(k, v)| (*k, *v))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -56,8 +56,9 @@ pub struct DaemonCreds {
     /// The fsuid files are opened with (the daemon's euid: opens are never done under a
     /// switched identity).
     pub fsuid: u32,
-    /// CAP_FOWNER in the effective set. Without a user namespace (the only setup vufsd creates
-    /// for an unprivileged daemon is none at all) it covers every owner.
+    /// CAP_FOWNER in the effective set. Then it covers every owner: in the user namespace
+    /// `--sandbox=namespace` creates for an unprivileged daemon, where it would cover only the
+    /// daemon's own files, the sandbox keeps no capability at all.
     pub cap_fowner: bool,
 }
 

@@ -1,6 +1,7 @@
 //! Extended attributes, reached through `/proc/self/fd/N` because the f*xattr calls refuse
-//! O_PATH fds. The magic link resolves to the inode itself (a symlink stays a symlink: it is not
-//! followed again), so these calls act on exactly the inode the guest named.
+//! O_PATH fds (as `N` relative to the working directory, which is `/proc/self/fd`: see
+//! `sys::proc_fd_path`). The magic link resolves to the inode itself (a symlink stays a symlink:
+//! it is not followed again), so these calls act on exactly the inode the guest named.
 
 use std::ffi::CStr;
 use std::io;

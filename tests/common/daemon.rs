@@ -94,7 +94,9 @@ impl DaemonSpec {
     }
 
     /// The virtiofsd-compatible command line both daemons accept:
-    /// `--socket-path SOCK --shared-dir DIR --sandbox none`.
+    /// `--socket-path SOCK --shared-dir DIR --sandbox none --seccomp kill`. Every VM test thus
+    /// runs the daemon under its seccomp filter in kill mode: a system call missing from the
+    /// allowlist kills the daemon and fails the test (see also `Drop for Daemon`).
     /// Panics (with the lookup error) if `program` is Err.
     pub fn fs(program: Result<PathBuf>, socket: &Path, shared_dir: &Path) -> DaemonSpec {
         let program = program.unwrap_or_else(|e| panic!("daemon binary: {e}"));
@@ -104,6 +106,7 @@ impl DaemonSpec {
             .arg("--shared-dir")
             .arg(shared_dir)
             .args(["--sandbox", "none"])
+            .args(["--seccomp", "kill"])
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
@@ -315,8 +318,20 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Kills the daemon if it still runs, and fails the test if it had died of a seccomp kill
+    /// (SIGSYS, or status 159 from vufsd's namespace supervisor), even when the test itself
+    /// did not look at the daemon's exit.
     fn drop(&mut self) {
-        self.kill();
+        let status = self.kill();
+        let seccomp_kill =
+            status.signal() == Some(libc::SIGSYS) || status.code() == Some(128 + libc::SIGSYS);
+        if seccomp_kill && !std::thread::panicking() {
+            panic!(
+                "the daemon was killed by its seccomp filter (a system call missing from the \
+                 allowlist: dmesg | grep type=1326 names it)\n{}",
+                self.report()
+            );
+        }
     }
 }
 
