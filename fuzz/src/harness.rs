@@ -40,6 +40,9 @@ const MAX_ERRNO: i32 = 133;
 struct World {
     mem: GuestMemoryMmap,
     share: Share,
+    /// The working directory to go back to: `Passthrough` makes `/proc/self/fd` the process's
+    /// working directory, and libFuzzer writes its corpus by relative paths between inputs.
+    cwd: PathBuf,
 }
 
 fn world() -> &'static Mutex<World> {
@@ -54,6 +57,7 @@ fn world() -> &'static Mutex<World> {
         Mutex::new(World {
             mem: guest::memory(),
             share,
+            cwd: std::env::current_dir().expect("a working directory"),
         })
     })
 }
@@ -119,7 +123,7 @@ fn open_fds() -> usize {
 /// Run one fuzz input.
 pub fn run(data: &[u8]) {
     let mut world = world().lock().unwrap_or_else(|p| p.into_inner());
-    let World { mem, share } = &mut *world;
+    let World { mem, share, cwd } = &mut *world;
     share
         .reset()
         .unwrap_or_else(|e| panic!("cannot reset the share: {e}"));
@@ -167,6 +171,7 @@ pub fn run(data: &[u8]) {
     }
     drop(dispatcher);
     drop(fs);
+    std::env::set_current_dir(&*cwd).expect("back to the working directory");
     assert_eq!(
         open_fds(),
         fds_before,
