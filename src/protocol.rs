@@ -300,6 +300,17 @@ impl Dispatcher {
         let Some((_, size, getter)) = sys::inode_ioctl(args.cmd) else {
             return reply_error(w, header.unique, libc::ENOTTY);
         };
+        // The reply's size depends on the guest's out_size: it must fit before the ioctl runs.
+        let reply_len = size_of::<OutHeader>()
+            + size_of::<IoctlOut>()
+            + if getter {
+                size.min(args.out_size as usize)
+            } else {
+                0
+            };
+        if w.available_bytes() < reply_len {
+            return reply_error(w, header.unique, libc::EINVAL);
+        }
         let mut arg = vec![0u8; size];
         if !getter && ((args.in_size as usize) < size || r.read_exact(&mut arg).is_err()) {
             return reply_error(w, header.unique, libc::EINVAL);
@@ -434,6 +445,15 @@ fn reply_ok<S: vm_memory::bitmap::BitmapSlice>(
     body: &[u8],
 ) -> usize {
     let len = size_of::<OutHeader>() + body.len();
+    if w.available_bytes() < len {
+        // Callers check before acting; should one not, the guest still gets a whole reply
+        // rather than a header with no used length.
+        warn!(
+            "a {len}-byte reply does not fit in the guest's {}-byte buffer; replying EINVAL",
+            w.available_bytes()
+        );
+        return reply_error(w, unique, libc::EINVAL);
+    }
     let header = OutHeader {
         len: len as u32,
         error: 0,

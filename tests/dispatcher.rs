@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CreateIn, InHeader, MkdirIn, OpenIn, OpenOut, OutHeader, ReadIn, WriteIn,
+    CreateIn, InHeader, IoctlIn, MkdirIn, OpenIn, OpenOut, OutHeader, ReadIn, WriteIn,
 };
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -19,6 +19,7 @@ const OPEN: u32 = 14;
 const WRITE_OP: u32 = 16;
 const OPENDIR: u32 = 27;
 const DESTROY: u32 = 38;
+const IOCTL: u32 = 39;
 const READDIRPLUS: u32 = 44;
 const TMPFILE: u32 = 51;
 const WRITE: u16 = 2;
@@ -264,4 +265,38 @@ fn readdirplus_into_a_short_buffer_leaves_no_lookups() {
     );
     assert_eq!((out.error, out.len), (0, used));
     assert!(fs.table_sizes().0 > 1);
+}
+
+/// An IOCTL whose reply (header, fuse_ioctl_out, then up to out_size bytes of the result) does
+/// not fit the guest's buffer: the header used to be written and the used length left at 0, a
+/// reply the guest would never see (found by fuzzing). Now EINVAL, before the ioctl runs.
+#[test]
+fn an_ioctl_reply_that_cannot_fit_is_refused() {
+    let e = env("ioctl");
+    let (used, _) = e.serve(
+        &[(0x1000, request(LOOKUP, 1, &[b"hello.txt\0"]))],
+        &[(0x2000, 144)],
+    );
+    assert_eq!(used, 144);
+    let node: u64 = e.mem.read_obj(GuestAddress(0x2010)).unwrap();
+    let open = OpenIn::default();
+    let (used, _) = e.serve(
+        &[(0x1000, request(OPEN, node, &[open.as_slice()]))],
+        &[(0x2000, 32)],
+    );
+    assert_eq!(used, 32);
+    let fh = e.mem.read_obj::<OpenOut>(GuestAddress(0x2010)).unwrap().fh;
+    let getflags = IoctlIn {
+        fh,
+        cmd: 0x8008_6601, // FS_IOC_GETFLAGS
+        out_size: 4,
+        ..Default::default()
+    };
+    // 16 + 16 + 4 bytes needed, 24 given.
+    let (used, out) = e.serve(
+        &[(0x1000, request(IOCTL, node, &[getflags.as_slice()]))],
+        &[(0x2000, 24)],
+    );
+    assert_eq!(used, 16);
+    assert_eq!((out.len, out.error, out.unique), (16, -libc::EINVAL, 77));
 }
