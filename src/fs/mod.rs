@@ -473,22 +473,16 @@ impl Passthrough {
             return Ok(());
         }
         let h = self.handles.get(handle, inode)?;
-        let _serial = h.dir_lock.lock().map_err(|_| err(libc::EBADF))?;
-        let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
-        sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
-        // Enough for the reply in one getdents64 call in the usual case.
-        let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
-        loop {
-            let n = sys::getdents64(h.fd(), &mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            for e in dir::entries(&buf[..n]) {
-                if add(&e)? == 0 {
-                    return Ok(());
-                }
-            }
-        }
+        let mut stream = h.dir.lock().map_err(|_| err(libc::EBADF))?;
+        stream.serve(
+            offset,
+            |off| {
+                let off = i64::try_from(off).map_err(|_| err(libc::EINVAL))?;
+                sys::lseek(h.fd(), off, libc::SEEK_SET).map(drop)
+            },
+            |buf| sys::getdents64(h.fd(), buf),
+            |e| add(e),
+        )
     }
 
     // --- operations fuse-backend-rs 0.14's Server does not decode; see crate::protocol ---
@@ -1074,12 +1068,13 @@ impl FileSystem for Passthrough {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
                 Err(e) => return Err(e),
             };
-            let added = add_entry(dirent, self.entry(&child, st))?;
-            if added == 0 {
-                // The reply is full: the guest will not learn of this lookup, so undo it.
+            let added = add_entry(dirent, self.entry(&child, st));
+            if !matches!(added, Ok(n) if n > 0) {
+                // Not in the reply (full, or unwritable): the guest will not learn of this
+                // lookup, so undo it.
                 self.inodes.forget(child.id, 1);
             }
-            Ok(added)
+            added
         })
     }
 
