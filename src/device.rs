@@ -1,9 +1,10 @@
 //! The vhost-user-fs device: virtqueues in, FUSE requests out.
 //!
-//! Queue 0 is the high-priority queue (FORGET/INTERRUPT), queues 1..=N carry requests. Each
-//! queue has its own worker thread (vhost-user-backend's epoll loop), so several request queues
-//! are served in parallel. With `--thread-pool-size N` a queue's requests are additionally spread
-//! over a pool of N threads, so that one slow request does not hold up the ones behind it.
+//! Queue 0 is the high-priority queue (FORGET/INTERRUPT), queues 1..=N carry requests. The
+//! high-priority queue has a worker thread of its own and the request queues share one worker
+//! thread per CPU (vhost-user-backend's epoll loops), so several request queues are served in
+//! parallel. With `--thread-pool-size N` a queue's requests are additionally spread over a pool
+//! of N threads, so that one slow request does not hold up the ones behind it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -254,9 +255,18 @@ impl VhostUserBackend for FsDevice {
         }
     }
 
-    /// One worker thread per queue: bit i of entry i.
+    /// The high-priority queue (FORGETs) on a thread of its own, so that a busy request queue
+    /// never delays the forgets that release inodes; request queues spread over one thread
+    /// per CPU, since more threads than CPUs only add switches (and idle memory).
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = cpus.clamp(1, MAX_REQUEST_QUEUES);
+        let mut masks = vec![1u64];
+        masks.resize(1 + workers, 0);
+        for q in 1..=MAX_REQUEST_QUEUES {
+            masks[1 + (q - 1) % workers] |= 1u64 << q;
+        }
+        masks
     }
 
     fn handle_event(

@@ -8,17 +8,20 @@ use log::{LevelFilter, Log, Metadata, Record};
 
 struct StderrLogger;
 
+/// fuse-backend-rs logs every FUSE_INIT at info, in several lines, and every error reply it
+/// sends at error — including the ones a guest provokes at will (a failed READDIR). What a user
+/// must see about requests, vufsd's own dispatcher logs; the crate's lines belong to debug.
+fn effective_level(metadata: &Metadata<'_>) -> log::Level {
+    if metadata.target().starts_with("fuse_backend_rs") {
+        metadata.level().max(log::Level::Debug)
+    } else {
+        metadata.level()
+    }
+}
+
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        // fuse-backend-rs logs every FUSE_INIT at info in several lines; that belongs to debug.
-        let level = if metadata.target().starts_with("fuse_backend_rs")
-            && metadata.level() == log::Level::Info
-        {
-            log::Level::Debug
-        } else {
-            metadata.level()
-        };
-        level <= log::max_level()
+        effective_level(metadata) <= log::max_level()
     }
 
     fn log(&self, record: &Record<'_>) {
@@ -36,7 +39,7 @@ impl Log for StderrLogger {
         let line = format!(
             "[{h:02}:{m:02}:{s:02}.{:03} {:5} vufsd {name}] {}\n",
             now.subsec_millis(),
-            record.level(),
+            effective_level(record.metadata()),
             record.args()
         );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());

@@ -6,14 +6,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::dir::DirStream;
+
 /// One open host file or directory.
 #[derive(Debug)]
 pub struct HandleData {
     /// The node id this handle was opened on; requests naming another node are refused.
     pub inode: u64,
     file: OwnedFd,
-    /// Serialises seek+getdents on directory handles (and is unused for files).
-    pub dir_lock: Mutex<()>,
+    /// Directory handles: the getdents64 batch being served (and its lock serialises
+    /// readdirs of one handle). Unused, and empty, for files.
+    pub dir: Mutex<DirStream>,
     /// Whether O_NOATIME is currently set on the host fd.
     pub noatime_on: AtomicBool,
     /// Whether the O_NOATIME policy allowed it on this handle at open. A masked handle stays
@@ -26,7 +29,7 @@ impl HandleData {
         Self {
             inode,
             file,
-            dir_lock: Mutex::new(()),
+            dir: Mutex::new(DirStream::default()),
             noatime_on: AtomicBool::new(noatime_on),
             noatime_allowed,
         }

@@ -500,22 +500,16 @@ impl Passthrough {
             return Ok(());
         }
         let h = self.handles.get(handle, inode)?;
-        let _serial = h.dir_lock.lock().map_err(|_| err(libc::EBADF))?;
-        let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
-        sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
-        // Enough for the reply in one getdents64 call in the usual case.
-        let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
-        loop {
-            let n = sys::getdents64(h.fd(), &mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            for e in dir::entries(&buf[..n]) {
-                if add(&e)? == 0 {
-                    return Ok(());
-                }
-            }
-        }
+        let mut stream = h.dir.lock().map_err(|_| err(libc::EBADF))?;
+        stream.serve(
+            offset,
+            |off| {
+                let off = i64::try_from(off).map_err(|_| err(libc::EINVAL))?;
+                sys::lseek(h.fd(), off, libc::SEEK_SET).map(drop)
+            },
+            |buf| sys::getdents64(h.fd(), buf),
+            |e| add(e),
+        )
     }
 
     // --- operations fuse-backend-rs 0.14's Server does not decode; see crate::protocol ---
@@ -1117,18 +1111,15 @@ impl FileSystem for Passthrough {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
                 Err(e) => return Err(e),
             };
-            // A full reply (0) or a failed one (the guest's buffer is smaller than the size it
-            // asked for): either way the guest will not learn of this lookup, so undo it.
-            match add_entry(dirent, self.entry(&child, st)) {
-                Ok(added) if added > 0 => {
-                    counted.push(child.id);
-                    Ok(added)
-                }
-                other => {
-                    self.inodes.forget(child.id, 1);
-                    other
-                }
+            let added = add_entry(dirent, self.entry(&child, st));
+            if matches!(added, Ok(n) if n > 0) {
+                counted.push(child.id);
+            } else {
+                // Not in the reply (full, or unwritable): the guest will not learn of this
+                // lookup, so undo it.
+                self.inodes.forget(child.id, 1);
             }
+            added
         });
         if result.is_err() {
             for id in counted {
