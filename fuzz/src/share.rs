@@ -47,8 +47,11 @@ pub struct Meta {
 }
 
 impl Share {
-    /// A fresh tree under `base`.
+    /// A fresh tree under `base`. Trees left by earlier fuzzer processes that are gone are
+    /// removed first: the harness lives in a static, which is never dropped, and a finding ends
+    /// the process where it stands.
     pub fn create(base: &Path) -> io::Result<Self> {
+        remove_stale(base);
         let root = base.join(format!("vufsd-fuzz-{}", std::process::id()));
         if root.exists() {
             remove_tree(&root)?;
@@ -159,6 +162,25 @@ impl Share {
 impl Drop for Share {
     fn drop(&mut self) {
         let _ = remove_tree(&self.root);
+    }
+}
+
+fn remove_stale(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vufsd-fuzz-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = remove_tree(&e.path());
+        }
     }
 }
 
