@@ -285,7 +285,16 @@ impl Opt {
             seccomp: self.seccomp.into(),
             modcaps: self.modcaps.unwrap_or_default(),
             rlimit_nofile: self.rlimit_nofile,
+            file_handles: self.file_handles(),
         }
+    }
+
+    /// Whether inodes past the fd budget may be held by file handle.
+    fn file_handles(&self) -> bool {
+        !matches!(
+            self.virtiofsd.inode_file_handles,
+            Some(crate::compat::InodeFileHandles::Never)
+        )
     }
 
     /// The filesystem's configuration, or why the options cannot go together.
@@ -311,6 +320,7 @@ impl Opt {
             posix_acl,
             uid_map,
             gid_map,
+            file_handles: self.file_handles(),
         })
     }
 }

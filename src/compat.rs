@@ -47,14 +47,16 @@ pub enum Negotiation {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InodeFileHandles {
-    /// Reference inodes by O_PATH file descriptors (what vufsd does).
+    /// Reference inodes by O_PATH file descriptors only.
     Never,
-    /// File handles where the filesystem supports them (vufsd uses O_PATH fds instead).
+    /// O_PATH fds while under the fd budget (half the open-file limit), file handles for
+    /// further non-directory inodes where the filesystem supports them and vufsd may open them
+    /// (CAP_DAC_READ_SEARCH, kept for this when vufsd runs as root). The default.
     Prefer,
     /// Old name of `prefer`.
     #[value(hide = true)]
     Fallback,
-    /// File handles only (refused: vufsd does not use file handles).
+    /// File handles only (refused: vufsd keeps O_PATH fds while it can, they are faster).
     Mandatory,
 }
 
@@ -328,18 +330,13 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
                 .into(),
         ));
     }
-    match v.inode_file_handles {
-        Some(InodeFileHandles::Prefer | InodeFileHandles::Fallback) => notes.push(Ignored(
-            "--inode-file-handles=prefer is ignored: vufsd references inodes by O_PATH file \
-             descriptors (as with =never)"
-                .into(),
-        )),
-        Some(InodeFileHandles::Mandatory) => notes.push(Refused(
+    if let Some(InodeFileHandles::Mandatory) = v.inode_file_handles {
+        notes.push(Refused(
             "--inode-file-handles=mandatory is not supported: vufsd references inodes by O_PATH \
-             file descriptors; use --inode-file-handles=never (or prefer)"
+             file descriptors while under its fd budget and by file handles beyond it; use \
+             --inode-file-handles=prefer (the default) or never"
                 .into(),
-        )),
-        _ => {}
+        ));
     }
     if v.killpriv_v2 {
         notes.push(Ignored(

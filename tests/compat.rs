@@ -158,7 +158,7 @@ const CASES: &[Case] = &[
             "--inode-file-handles=prefer",
             "--readonly",
         ],
-        Accept(&["--inode-file-handles=prefer"]),
+        Accept(&[]),
     ),
     Case {
         source: "microvm.nix, unprivileged, crosvm tag",

@@ -663,3 +663,75 @@ fn fd_exhaustion_is_an_errno_and_recoverable() {
     let fh = c.open(e.nodeid, libc::O_RDONLY).unwrap().fh;
     assert_eq!(c.read(e.nodeid, fh, 0, 8).unwrap(), b"x");
 }
+
+/// Past its fd budget (half the open-file limit) vufsd holds further inodes by file handle:
+/// a guest holding more inodes than the daemon may open fds keeps working, and the daemon's
+/// fd count stays bounded. With --inode-file-handles=never the same walk ends in EMFILE.
+#[test]
+fn inodes_past_the_fd_budget_are_held_by_handle() {
+    for handles in [true, false] {
+        let dir = TempDir::new("vufsd-handles").unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        for i in 0..600 {
+            std::fs::write(share.join(format!("f{i}")), format!("{i}")).unwrap();
+        }
+        // A wrapper so that the daemon starts under a low limit (its budget is taken at start).
+        let wrapper = dir.path().join("low-limit-vufsd");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec prlimit --nofile=400:400 {} \"$@\"\n",
+                env!("CARGO_BIN_EXE_vufsd")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let sock = dir.path().join("vufsd.sock");
+        let mut args: Vec<std::ffi::OsString> = vec!["--sandbox".into(), "none".into()];
+        if !handles {
+            args.push("--inode-file-handles=never".into());
+        }
+        let daemon =
+            DaemonProcess::spawn(&wrapper, &share, &sock, &args, Duration::from_secs(10)).unwrap();
+        let mut config = DeviceConfig::new(&sock);
+        config.memory_size = MEM;
+        config.timeout = Duration::from_secs(3);
+        let c = FuseClient::new(Arc::new(Device::connect(config).unwrap()));
+        c.init().unwrap();
+        // Every inode stays usable: attributes, and its content through an open.
+        let walk = |i: usize| -> vufsd_bench::Result<()> {
+            let name = format!("f{i}");
+            let e = c.lookup(FUSE_ROOT_ID, &name)?;
+            assert_eq!(c.getattr(e.nodeid)?.attr.size, name.len() as u64 - 1);
+            let fh = c.open(e.nodeid, libc::O_RDONLY)?.fh;
+            assert_eq!(c.read(e.nodeid, fh, 0, 8)?, format!("{i}").as_bytes());
+            c.release(e.nodeid, fh)
+        };
+        let mut failures = 0;
+        for i in 0..600 {
+            if let Err(e) = walk(i) {
+                assert_eq!(e.errno(), Some(libc::EMFILE), "f{i}: {e}\n{}", daemon.log());
+                failures += 1;
+            }
+        }
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+            .unwrap()
+            .count();
+        if handles {
+            assert_eq!(failures, 0, "{}", daemon.log());
+            assert!(fds < 400, "{fds} fds open");
+            assert!(
+                daemon.log().contains("then by file handle"),
+                "{}",
+                daemon.log()
+            );
+        } else {
+            assert!(failures > 100, "without handles the limit must be hit");
+        }
+    }
+}

@@ -34,7 +34,8 @@ impl Passthrough {
         attr: &stat64,
         valid: SetattrValid,
     ) -> io::Result<()> {
-        let proc_name = sys::fd_name(inode.fd().as_raw_fd());
+        let ifd = inode.fd()?;
+        let proc_name = sys::fd_name(ifd.as_raw_fd());
         if valid.contains(SetattrValid::MODE) {
             match h {
                 Some(h) => sys::fchmod(h.fd(), attr.st_mode & 0o7777)?,
@@ -63,7 +64,7 @@ impl Passthrough {
                 u32::MAX
             };
             sys::fchownat(
-                inode.fd(),
+                inode.fd()?.as_fd(),
                 sys::EMPTY,
                 uid,
                 gid,
@@ -77,7 +78,7 @@ impl Passthrough {
                 None if inode.is_dir() => return Err(err(libc::EISDIR)),
                 None if !inode.is_reg() => return Err(err(libc::EINVAL)),
                 None => {
-                    let f = self.reopen(inode.fd(), libc::O_WRONLY)?;
+                    let f = inode.open(self.proc_self_fd.as_fd(), libc::O_WRONLY)?;
                     sys::ftruncate(f.as_fd(), size)?;
                 }
             }

@@ -1,17 +1,23 @@
-//! The inode table: FUSE node ids to host inodes held open as O_PATH fds.
+//! The inode table: FUSE node ids to host inodes, held as O_PATH fds or file handles.
 //!
 //! A host inode is identified by (st_dev, st_ino). The guest refers to it by a node id we hand
 //! out (never reused, so generation numbers can stay 0) and keeps it alive with lookup counts:
 //! every successful lookup/create/mkdir/... adds one, FORGET subtracts. At zero the entry and its
 //! fd go away. The root (node id 1) is pinned.
+//!
+//! An O_PATH fd per inode is the fastest way to reach an inode again, but a guest walking a
+//! large tree (a Nix store) can hold more inodes than the daemon may open fds. Past a budget
+//! (half the open-file limit), non-directory inodes are held as file handles instead, and
+//! opened from the handle when needed — if the daemon may (CAP_DAC_READ_SEARCH) and the
+//! filesystem has handles. Directories always keep their fd: they are the `*at` parents.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::sys::Stat;
+use crate::sys::{self, FileHandle, Stat};
 
 /// FUSE_ROOT_ID.
 pub const ROOT_ID: u64 = 1;
@@ -32,12 +38,41 @@ impl InodeKey {
     }
 }
 
+/// How an inode is held.
+#[derive(Debug)]
+enum Held {
+    /// O_PATH | O_NOFOLLOW fd: names the inode without granting read or write access.
+    Fd(OwnedFd),
+    /// A file handle, and an fd on the same mount to open it with.
+    Handle(FileHandle, Arc<OwnedFd>),
+}
+
+/// An fd for an inode: borrowed from the table, or opened from its handle for this one use.
+pub enum InodeFd<'a> {
+    Borrowed(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl AsFd for InodeFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            InodeFd::Borrowed(fd) => *fd,
+            InodeFd::Owned(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for InodeFd<'_> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
 #[derive(Debug)]
 pub struct InodeData {
     pub id: u64,
     pub key: InodeKey,
-    /// O_PATH | O_NOFOLLOW fd: names the inode without granting read or write access.
-    fd: OwnedFd,
+    held: Held,
     /// File type bits (S_IFMT), fixed for the life of an inode.
     pub file_type: u32,
     /// The owner as last seen. Used only for the O_NOATIME decision, which tolerates staleness
@@ -47,8 +82,29 @@ pub struct InodeData {
 }
 
 impl InodeData {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An O_PATH fd for the inode, to use while the returned value lives.
+    pub fn fd(&self) -> io::Result<InodeFd<'_>> {
+        match &self.held {
+            Held::Fd(fd) => Ok(InodeFd::Borrowed(fd.as_fd())),
+            Held::Handle(handle, mount) => {
+                sys::open_by_handle(mount.as_fd(), handle, libc::O_PATH).map(InodeFd::Owned)
+            }
+        }
+    }
+
+    /// A real fd for the inode, opened with `flags`: through `/proc/self/fd` (the `proc_self_fd`
+    /// directory) for an O_PATH fd, or straight from the handle.
+    pub fn open(&self, proc_self_fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+        let flags = flags & !libc::O_NOFOLLOW;
+        match &self.held {
+            Held::Fd(fd) => sys::openat(proc_self_fd, &sys::fd_name(fd.as_raw_fd()), flags, 0),
+            Held::Handle(handle, mount) => sys::open_by_handle(mount.as_fd(), handle, flags),
+        }
+    }
+
+    /// Whether the inode is held by a file handle rather than an fd.
+    pub fn by_handle(&self) -> bool {
+        matches!(self.held, Held::Handle(..))
     }
 
     pub fn owner(&self) -> u32 {
@@ -81,6 +137,30 @@ struct Tables {
 pub struct InodeStore {
     tables: RwLock<Tables>,
     next_id: AtomicU64,
+    /// Inode fds held; past `fd_budget`, new non-directory inodes are held by handle.
+    fds_held: AtomicUsize,
+    fd_budget: usize,
+    /// Whether file handles may be used (CAP_DAC_READ_SEARCH, and not --inode-file-handles=never).
+    handles: bool,
+    /// A directory fd per mount (by mount id) to open handles with.
+    mounts: Mutex<HashMap<i32, Arc<OwnedFd>>>,
+}
+
+/// How the store may hold inodes.
+#[derive(Clone, Copy, Debug)]
+pub struct HoldPolicy {
+    /// Inode fds to hold before turning to handles.
+    pub fd_budget: usize,
+    /// Whether handles may be used at all.
+    pub handles: bool,
+}
+
+impl HoldPolicy {
+    /// Only fds, never handles (tests, and --inode-file-handles=never).
+    pub const FDS_ONLY: HoldPolicy = HoldPolicy {
+        fd_budget: usize::MAX,
+        handles: false,
+    };
 }
 
 fn ebadf() -> io::Error {
@@ -89,11 +169,11 @@ fn ebadf() -> io::Error {
 
 impl InodeStore {
     /// A store holding only the root, whose O_PATH fd and stat are given.
-    pub fn new(root_fd: OwnedFd, root_st: &Stat) -> Self {
+    pub fn new(root_fd: OwnedFd, root_st: &Stat, policy: HoldPolicy) -> Self {
         let root = Arc::new(InodeData {
             id: ROOT_ID,
             key: InodeKey::of(root_st),
-            fd: root_fd,
+            held: Held::Fd(root_fd),
             file_type: root_st.st_mode & libc::S_IFMT,
             owner: AtomicU32::new(root_st.st_uid),
             // Pinned: the guest never forgets the root more often than it looked it up, but a
@@ -106,7 +186,54 @@ impl InodeStore {
         Self {
             tables: RwLock::new(tables),
             next_id: AtomicU64::new(ROOT_ID + 1),
+            fds_held: AtomicUsize::new(1),
+            fd_budget: policy.fd_budget,
+            handles: policy.handles,
+            mounts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How to hold a new inode: its fd while under budget (and always for directories), else
+    /// its file handle when handles work; the fd otherwise.
+    fn hold(&self, fd: OwnedFd, st: &Stat) -> Held {
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if is_dir || !self.handles || self.fds_held.load(Ordering::Relaxed) < self.fd_budget {
+            self.fds_held.fetch_add(1, Ordering::Relaxed);
+            return Held::Fd(fd);
+        }
+        let Ok((handle, mount_id)) = sys::name_to_handle(fd.as_fd()) else {
+            self.fds_held.fetch_add(1, Ordering::Relaxed);
+            return Held::Fd(fd);
+        };
+        // Only on a mount we hold a real (non-O_PATH) fd for: open_by_handle_at refuses O_PATH
+        // fds as its mount fd. That is the share's own mount; inodes on mounts inside the
+        // share keep their fds.
+        let mount = self
+            .mounts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&mount_id).cloned());
+        match mount {
+            Some(mount) => Held::Handle(handle, mount),
+            None => {
+                self.fds_held.fetch_add(1, Ordering::Relaxed);
+                Held::Fd(fd)
+            }
+        }
+    }
+
+    /// Make handles on the mount `dir` (a directory opened for reading) is on openable.
+    pub fn add_mount(&self, dir: OwnedFd) -> io::Result<()> {
+        let (_, mount_id) = sys::name_to_handle(dir.as_fd())?;
+        if let Ok(mut mounts) = self.mounts.lock() {
+            mounts.insert(mount_id, Arc::new(dir));
+        }
+        Ok(())
+    }
+
+    /// Inode fds held now (the mounts' fds not counted).
+    pub fn fds_held(&self) -> usize {
+        self.fds_held.load(Ordering::Relaxed)
     }
 
     pub fn get(&self, id: u64) -> io::Result<Arc<InodeData>> {
@@ -136,7 +263,7 @@ impl InodeStore {
         let data = Arc::new(InodeData {
             id,
             key,
-            fd,
+            held: self.hold(fd, st),
             file_type: st.st_mode & libc::S_IFMT,
             owner: AtomicU32::new(st.st_uid),
             refcount: AtomicU64::new(1),
@@ -194,6 +321,9 @@ impl InodeStore {
             if tables.by_key.get(&inode.key) == Some(&id) {
                 tables.by_key.remove(&inode.key);
             }
+            if !inode.by_handle() {
+                self.fds_held.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         true
     }
@@ -228,7 +358,7 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("vufsd-inodes-{}", std::process::id()));
         std::fs::create_dir_all(tmp.join("d")).unwrap();
         let (rfd, rst) = open_path(&tmp);
-        let store = InodeStore::new(rfd, &rst);
+        let store = InodeStore::new(rfd, &rst, HoldPolicy::FDS_ONLY);
 
         let (fd1, st1) = open_path(&tmp.join("d"));
         let a = store.add_ref(fd1, &st1).unwrap();

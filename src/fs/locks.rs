@@ -91,11 +91,11 @@ impl Passthrough {
         }
         // Read-write so that the owner can take both read and write locks on one description;
         // where the daemon may not write the file, the handle's own access mode will do.
-        let fd = match self.reopen(inode.fd(), libc::O_RDWR) {
+        let fd = match inode.open(self.proc_self_fd.as_fd(), libc::O_RDWR) {
             Ok(fd) => fd,
             Err(_) => {
                 let mode = sys::get_fl(h.fd())? & libc::O_ACCMODE;
-                self.reopen(inode.fd(), mode)?
+                inode.open(self.proc_self_fd.as_fd(), mode)?
             }
         };
         let fd = Arc::new(fd);

@@ -93,6 +93,8 @@ pub struct Config {
     /// uid and gid translation between guest and host (`--translate-uid/gid`).
     pub uid_map: idmap::IdMap,
     pub gid_map: idmap::IdMap,
+    /// Hold inodes past the fd budget by file handle (`--inode-file-handles=prefer`).
+    pub file_handles: bool,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             posix_acl: false,
             uid_map: idmap::IdMap::default(),
             gid_map: idmap::IdMap::default(),
+            file_handles: true,
         }
     }
 }
@@ -134,6 +137,28 @@ pub struct Passthrough {
 
 fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
+}
+
+/// How to hold inodes: O_PATH fds up to half the open-file limit (the rest is for open files,
+/// locks and the device), then file handles if the daemon may open them (CAP_DAC_READ_SEARCH)
+/// and the shared filesystem has them.
+fn hold_policy(cfg: &Config, caps: u64, root: BorrowedFd<'_>) -> inodes::HoldPolicy {
+    let fd_budget = usize::try_from(sys::nofile_limit() / 2)
+        .unwrap_or(usize::MAX)
+        .max(64);
+    let may = cfg.file_handles && caps & (1 << sys::CAP_DAC_READ_SEARCH) != 0;
+    let handles = may && sys::name_to_handle(root).is_ok();
+    info!(
+        "inodes held by O_PATH fd up to {fd_budget}, then {}",
+        if handles {
+            "by file handle"
+        } else if may {
+            "still by fd (the shared filesystem has no file handles)"
+        } else {
+            "still by fd (file handles need CAP_DAC_READ_SEARCH)"
+        }
+    );
+    inodes::HoldPolicy { fd_budget, handles }
 }
 
 fn is_xattr_opcode(opcode: u32) -> bool {
@@ -195,15 +220,21 @@ impl Passthrough {
         };
         // The guest kernel already applied the caller's umask; ours must not apply twice.
         sys::umask(0);
+        let hold = hold_policy(&cfg, caps, cwd.as_fd());
         info!(
             "serving {} (uid {euid}, CAP_FOWNER {}, O_NOATIME policy {})",
             shown.display(),
             if creds.cap_fowner { "yes" } else { "no" },
             cfg.noatime
         );
+        let root_dir = sys::openat(cwd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let inodes = InodeStore::new(cwd, &root_st, hold);
+        if hold.handles {
+            inodes.add_mount(root_dir)?;
+        }
         Ok(Self {
             cfg,
-            inodes: InodeStore::new(cwd, &root_st),
+            inodes,
             handles: HandleStore::default(),
             proc_self_fd,
             creds,
@@ -343,7 +374,12 @@ impl Passthrough {
         } else {
             name
         };
-        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = sys::openat(
+            parent.fd()?.as_fd(),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?;
         let st = sys::stat_fd(fd.as_fd())?;
         let inode = self.inodes.add_ref(fd, &st)?;
         Ok((inode, st))
@@ -423,11 +459,11 @@ impl Passthrough {
         if decision == Noatime::Masked {
             flags &= !libc::O_NOATIME;
         }
-        let result = match self.reopen(inode.fd(), flags) {
+        let result = match inode.open(self.proc_self_fd.as_fd(), flags) {
             Err(e) if open_flags::retry_without_noatime(self.cfg.noatime, flags, &e) => {
                 flags &= !libc::O_NOATIME;
                 decision = Noatime::Retried;
-                self.reopen(inode.fd(), flags)
+                inode.open(self.proc_self_fd.as_fd(), flags)
             }
             other => other,
         };
@@ -482,7 +518,7 @@ impl Passthrough {
                 let h = self.handles.get(fh, inode.id)?;
                 sys::stat_fd(h.fd())?
             }
-            None => sys::stat_fd(inode.fd())?,
+            None => sys::stat_fd(inode.fd()?.as_fd())?,
         };
         inode.note_owner(st.st_uid);
         Ok(st)
@@ -557,7 +593,7 @@ impl Passthrough {
             let _as = self.as_caller(ctx)?;
             self.with_umask(args.umask, || {
                 sys::openat(
-                    parent.fd(),
+                    parent.fd()?.as_fd(),
                     c".",
                     flags | libc::O_TMPFILE,
                     args.mode & 0o7777,
@@ -587,7 +623,10 @@ impl Passthrough {
     /// FUSE_SYNCFS.
     pub fn syncfs(&self, inode: u64) -> io::Result<()> {
         let inode = self.inodes.get(inode)?;
-        let f = self.reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let f = inode.open(
+            self.proc_self_fd.as_fd(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?;
         sys::syncfs(f.as_fd())
     }
 }
@@ -689,7 +728,7 @@ impl FileSystem for Passthrough {
         if !inode.is_symlink() {
             return Err(err(libc::EINVAL));
         }
-        sys::readlinkat(inode.fd(), sys::EMPTY)
+        sys::readlinkat(inode.fd()?.as_fd(), sys::EMPTY)
     }
 
     fn symlink(
@@ -704,7 +743,7 @@ impl FileSystem for Passthrough {
         let parent = self.dir_inode(parent)?;
         {
             let _as = self.as_caller(ctx)?;
-            sys::symlinkat(linkname, parent.fd(), name)?;
+            sys::symlinkat(linkname, parent.fd()?.as_fd(), name)?;
         }
         self.created_entry(&parent, name)
     }
@@ -724,7 +763,7 @@ impl FileSystem for Passthrough {
         {
             let _as = self.as_caller(ctx)?;
             self.with_umask(umask, || {
-                sys::mknodat(parent.fd(), name, mode, u64::from(rdev))
+                sys::mknodat(parent.fd()?.as_fd(), name, mode, u64::from(rdev))
             })?;
         }
         self.created_entry(&parent, name)
@@ -743,7 +782,9 @@ impl FileSystem for Passthrough {
         let parent = self.dir_inode(parent)?;
         {
             let _as = self.as_caller(ctx)?;
-            self.with_umask(umask, || sys::mkdirat(parent.fd(), name, mode & 0o7777))?;
+            self.with_umask(umask, || {
+                sys::mkdirat(parent.fd()?.as_fd(), name, mode & 0o7777)
+            })?;
         }
         self.created_entry(&parent, name)
     }
@@ -752,14 +793,14 @@ impl FileSystem for Passthrough {
         check_name(name)?;
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
-        sys::unlinkat(parent.fd(), name, 0)
+        sys::unlinkat(parent.fd()?.as_fd(), name, 0)
     }
 
     fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         check_name(name)?;
         self.check_writable()?;
         let parent = self.dir_inode(parent)?;
-        sys::unlinkat(parent.fd(), name, libc::AT_REMOVEDIR)
+        sys::unlinkat(parent.fd()?.as_fd(), name, libc::AT_REMOVEDIR)
     }
 
     fn rename(
@@ -780,7 +821,13 @@ impl FileSystem for Passthrough {
         }
         let old = self.dir_inode(olddir)?;
         let new = self.dir_inode(newdir)?;
-        sys::renameat2(old.fd(), oldname, new.fd(), newname, flags)
+        sys::renameat2(
+            old.fd()?.as_fd(),
+            oldname,
+            new.fd()?.as_fd(),
+            newname,
+            flags,
+        )
     }
 
     fn link(
@@ -796,15 +843,16 @@ impl FileSystem for Passthrough {
         let parent = self.dir_inode(newparent)?;
         // linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; following the /proc magic
         // link names the same inode and works for an unprivileged daemon too.
-        let src = sys::fd_name(inode.fd().as_raw_fd());
+        let ifd = inode.fd()?;
+        let src = sys::fd_name(ifd.as_raw_fd());
         sys::linkat(
             self.proc_self_fd.as_fd(),
             &src,
-            parent.fd(),
+            parent.fd()?.as_fd(),
             newname,
             libc::AT_SYMLINK_FOLLOW,
         )?;
-        let st = sys::stat_fd(inode.fd())?;
+        let st = sys::stat_fd(inode.fd()?.as_fd())?;
         self.inodes.add_ref_existing(&inode);
         Ok(self.entry(&inode, st))
     }
@@ -847,7 +895,7 @@ impl FileSystem for Passthrough {
         let create = |flags: i32| {
             let _as = self.as_caller(ctx)?;
             self.with_umask(args.umask, || {
-                sys::openat(parent.fd(), name, flags, args.mode & 0o7777)
+                sys::openat(parent.fd()?.as_fd(), name, flags, args.mode & 0o7777)
             })
         };
         let created = match create(flags) {
@@ -995,7 +1043,7 @@ impl FileSystem for Passthrough {
 
     fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
         let inode = self.inodes.get(inode)?;
-        sys::fstatvfs(inode.fd())
+        sys::fstatvfs(inode.fd()?.as_fd())
     }
 
     fn setxattr(
@@ -1009,7 +1057,7 @@ impl FileSystem for Passthrough {
         self.xattr_enabled(Opcode::Setxattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
-        xattr::set(inode.fd(), name, value, flags)
+        xattr::set(inode.fd()?.as_fd(), name, value, flags)
     }
 
     fn getxattr(
@@ -1021,20 +1069,20 @@ impl FileSystem for Passthrough {
     ) -> io::Result<GetxattrReply> {
         self.xattr_enabled(Opcode::Getxattr)?;
         let inode = self.inodes.get(inode)?;
-        xattr::get(inode.fd(), name, size)
+        xattr::get(inode.fd()?.as_fd(), name, size)
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.xattr_enabled(Opcode::Listxattr)?;
         let inode = self.inodes.get(inode)?;
-        xattr::list(inode.fd(), size)
+        xattr::list(inode.fd()?.as_fd(), size)
     }
 
     fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.xattr_enabled(Opcode::Removexattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
-        xattr::remove(inode.fd(), name)
+        xattr::remove(inode.fd()?.as_fd(), name)
     }
 
     fn opendir(

@@ -5,8 +5,9 @@
 //! set times on files it does not own, keep set-id bits, make device nodes and set file
 //! capabilities. Everything else root could do — mount, ptrace, load modules, bind ports, ... —
 //! is dropped from the effective, permitted, inheritable, ambient and bounding sets, so even a
-//! daemon taken over by a hostile guest cannot get it back. `CAP_DAC_READ_SEARCH` (what
-//! virtiofsd adds for file handles) is not kept: vufsd names inodes by O_PATH fds, not handles.
+//! daemon taken over by a hostile guest cannot get it back. `CAP_DAC_READ_SEARCH` is kept only
+//! for file handles (`--inode-file-handles=prefer`, the default; `never` drops it): vufsd names
+//! inodes by O_PATH fds, and by handles only past its fd budget.
 
 use std::fmt;
 use std::io;
@@ -73,6 +74,11 @@ impl CapSet {
     /// setfcap.
     pub const PASSTHROUGH: CapSet =
         CapSet(1 << 0 | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 27 | 1 << 31);
+
+    /// The same plus dac_read_search, which open_by_handle_at(2) requires: kept when inodes
+    /// past the fd budget may be held by file handle (`--inode-file-handles=prefer`, the
+    /// default).
+    pub const PASSTHROUGH_WITH_HANDLES: CapSet = CapSet(CapSet::PASSTHROUGH.0 | 1 << 2);
 
     pub fn contains(self, cap: u32) -> bool {
         cap < 64 && self.0 & (1 << cap) != 0

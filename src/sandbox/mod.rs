@@ -57,6 +57,8 @@ pub struct Config {
     pub modcaps: CapChanges,
     /// `--rlimit-nofile`; None: the default raise.
     pub rlimit_nofile: Option<u64>,
+    /// Keep CAP_DAC_READ_SEARCH for opening file handles (`--inode-file-handles=prefer`).
+    pub file_handles: bool,
 }
 
 /// Where the filesystem finds its root and `/proc/self/fd` once the sandbox is entered.
@@ -227,10 +229,10 @@ pub fn enter(cfg: &Config, shared_dir: &Path) -> Result<Entered, SandboxError> {
     // Root keeps what passthrough needs. In a user namespace of our own, capabilities would
     // only cover files of the daemon's own user, which it owns anyway: keep none by default,
     // so the daemon behaves exactly as with --sandbox=none.
-    let base = if as_root {
-        CapSet::PASSTHROUGH
-    } else {
-        CapSet::EMPTY
+    let base = match (as_root, cfg.file_handles) {
+        (true, true) => CapSet::PASSTHROUGH_WITH_HANDLES,
+        (true, false) => CapSet::PASSTHROUGH,
+        (false, _) => CapSet::EMPTY,
     };
     let r = caps::restrict_to(cfg.modcaps.apply(base)).map_err(SandboxError::Caps)?;
     if !r.missing.is_empty() {

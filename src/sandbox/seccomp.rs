@@ -56,6 +56,8 @@ impl Action {
 const ALLOWED: &[(i64, &str)] = &[
     // The filesystem (fs/, sys.rs): every host call is *at on an fd we hold.
     (libc::SYS_openat, "open files and directories, reopen through /proc/self/fd"),
+    (libc::SYS_name_to_handle_at, "hold inodes past the fd budget by file handle"),
+    (libc::SYS_open_by_handle_at, "reach an inode held by file handle"),
     (libc::SYS_newfstatat, "stat (fstatat, fstat with AT_EMPTY_PATH)"),
     (libc::SYS_fstat, "fstat (std, glibc)"),
     (libc::SYS_statx, "std's File::metadata"),
@@ -349,7 +351,6 @@ mod tests {
             libc::SYS_capset,
             libc::SYS_setuid,
             libc::SYS_setresuid,
-            libc::SYS_open_by_handle_at,
             libc::SYS_init_module,
             libc::SYS_seccomp,
         ] {
