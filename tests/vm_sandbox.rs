@@ -16,8 +16,9 @@ use common::{require_vm, run_vm, vufsd_bin, Daemon, DaemonSpec, TestDir, VmConfi
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 const NOBODY: u32 = 65534;
 
-/// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD, SETFCAP.
-const PASSTHROUGH_CAPS: u64 = 0x8800_00db;
+/// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH (file handles past the fd budget), FOWNER, FSETID,
+/// SETGID, SETUID, MKNOD, SETFCAP.
+const PASSTHROUGH_CAPS: u64 = 0x8800_00df;
 const CAP_MKNOD: u64 = 1 << 27;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
 
