@@ -35,6 +35,7 @@ pub mod error;
 pub mod floor;
 pub mod fuse_abi;
 pub mod fuse_req;
+pub mod malformed;
 pub mod memory;
 pub mod ops;
 pub mod pipeline;

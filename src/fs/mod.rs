@@ -139,6 +139,32 @@ fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
+/// Move `size` bytes at `offset` between a host file and the guest, one `step(count, offset)`
+/// (a preadv/pwritev straight to or from guest memory) at a time, until done or the file ends.
+/// An error after some bytes moved ends the transfer short, as read(2) and write(2) do.
+fn transfer(
+    size: u32,
+    offset: u64,
+    mut step: impl FnMut(usize, u64) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let size = size as usize;
+    let mut done = 0usize;
+    while done < size {
+        let off = offset.checked_add(done as u64).ok_or(err(libc::EINVAL))?;
+        match step(size - done, off) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if done > 0 => {
+                debug!("short transfer at offset {off}: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// How to hold inodes: O_PATH fds up to half the open-file limit (the rest is for open files,
 /// locks and the device), then file handles if the daemon may open them (CAP_DAC_READ_SEARCH)
 /// and the shared filesystem has them.
@@ -949,22 +975,7 @@ impl FileSystem for Passthrough {
         let h = self.handles.get(handle, inode)?;
         self.follow_noatime(&h, flags);
         let mut io = sys::HostIo(h.fd());
-        let size = size as usize;
-        let mut done = 0usize;
-        while done < size {
-            let off = offset.checked_add(done as u64).ok_or(err(libc::EINVAL))?;
-            match w.write_from(&mut io, size - done, off) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if done > 0 => {
-                    debug!("short read on node {inode}: {e}");
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        transfer(size, offset, |count, off| w.write_from(&mut io, count, off))
     }
 
     fn write(
@@ -984,22 +995,7 @@ impl FileSystem for Passthrough {
         let h = self.handles.get(handle, inode)?;
         self.follow_noatime(&h, flags);
         let mut io = sys::HostIo(h.fd());
-        let size = size as usize;
-        let mut done = 0usize;
-        while done < size {
-            let off = offset.checked_add(done as u64).ok_or(err(libc::EINVAL))?;
-            match r.read_to(&mut io, size - done, off) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if done > 0 => {
-                    debug!("short write on node {inode}: {e}");
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        transfer(size, offset, |count, off| r.read_to(&mut io, count, off))
     }
 
     fn flush(&self, _ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
