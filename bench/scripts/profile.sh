@@ -21,9 +21,9 @@ cargo build --release --locked -p vufsd-bench
 bench=target/release/vufsd-bench
 case $daemon in
     vufsd)
-        CARGO_PROFILE_RELEASE_DEBUG=2 RUSTFLAGS="-C force-frame-pointers=yes" \
+        CARGO_PROFILE_RELEASE_DEBUG=2 CARGO_PROFILE_RELEASE_STRIP=false RUSTFLAGS="-C force-frame-pointers=yes" \
             cargo build --release --locked -p vufsd --target-dir target/profiling
-        bin=target/profiling/release/vufsd; args=() ;;
+        bin=target/profiling/release/vufsd; args=(--sandbox none) ;;
     virtiofsd) bin=${VIRTIOFSD:-${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd}; args=(--sandbox none) ;;
     *) echo "profile: daemon must be vufsd or virtiofsd" >&2; exit 2 ;;
 esac

@@ -113,6 +113,7 @@ fn config(a: u8, b: u8) -> Config {
         },
         uid_map,
         gid_map,
+        file_handles: b & 0x10 == 0,
     }
 }
 
