@@ -321,6 +321,70 @@ fn names_and_links_cannot_reach_outside_the_share() {
     assert_eq!(std::fs::read_dir(env.canary()).unwrap().count(), 1);
 }
 
+/// The guest looked a file and a directory up; then, on the host, each name was swapped for a
+/// symlink to the canary (the race a hostile or unlucky host-side writer can set up between
+/// LOOKUP and OPEN). The node ids keep meaning the inodes that were looked up: opens, writes,
+/// truncation and creation go to those, inside the share, never through the new links.
+#[test]
+fn names_swapped_for_symlinks_after_lookup_do_not_redirect() {
+    let env = start(&[]);
+    let c = &env.client;
+    let share = env.share();
+    let f = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    let d = c.lookup(FUSE_ROOT_ID, "sub").unwrap();
+
+    std::fs::rename(share.join("hello.txt"), share.join("hello.old")).unwrap();
+    std::os::unix::fs::symlink(env.canary().join("secret"), share.join("hello.txt")).unwrap();
+    std::fs::rename(share.join("sub"), share.join("sub.old")).unwrap();
+    std::os::unix::fs::symlink(env.canary(), share.join("sub")).unwrap();
+
+    let fh = c.open(f.nodeid, libc::O_RDWR).unwrap().fh;
+    assert_eq!(c.read(f.nodeid, fh, 0, 64).unwrap(), b"hello");
+    assert_eq!(c.write(f.nodeid, fh, 0, b"HELLO").unwrap(), 5);
+    c.release(f.nodeid, fh).unwrap();
+    c.truncate(f.nodeid, 4).unwrap();
+    assert_eq!(std::fs::read(share.join("hello.old")).unwrap(), b"HELL");
+
+    let (made, opened) = c.create(d.nodeid, "made", libc::O_WRONLY, 0o644).unwrap();
+    let fh = opened.fh;
+    assert_eq!(c.write(made.nodeid, fh, 0, b"inside").unwrap(), 6);
+    c.release(made.nodeid, fh).unwrap();
+    c.mkdir(d.nodeid, "dir", 0o755).unwrap();
+    assert_eq!(
+        std::fs::read(share.join("sub.old/made")).unwrap(),
+        b"inside"
+    );
+    assert!(share.join("sub.old/dir").is_dir());
+
+    // A fresh lookup sees the links as links, and they still lead nowhere.
+    let l = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    assert_eq!(l.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(errno_of(c.open(l.nodeid, libc::O_RDWR)), Some(libc::ELOOP));
+    let l = c.lookup(FUSE_ROOT_ID, "sub").unwrap();
+    assert_eq!(errno_of(c.lookup(l.nodeid, "secret")), Some(libc::ENOTDIR));
+
+    // The same when the file was deleted rather than renamed: the guest's node is the deleted
+    // inode (or gone), never the symlink's target.
+    let g = c.lookup(FUSE_ROOT_ID, "hello.old").unwrap();
+    std::fs::remove_file(share.join("hello.old")).unwrap();
+    std::os::unix::fs::symlink(env.canary().join("secret"), share.join("hello.old")).unwrap();
+    match c.open(g.nodeid, libc::O_RDWR) {
+        Ok(o) => {
+            c.write(g.nodeid, o.fh, 0, b"XXXX").unwrap();
+            c.release(g.nodeid, o.fh).unwrap();
+        }
+        Err(e) => assert_eq!(e.errno(), Some(libc::ESTALE), "{e}"),
+    }
+    let _ = c.truncate(g.nodeid, 0);
+
+    env.assert_alive("swapped names");
+    assert_eq!(
+        std::fs::read(env.canary().join("secret")).unwrap(),
+        b"CANARY"
+    );
+    assert_eq!(std::fs::read_dir(env.canary()).unwrap().count(), 1);
+}
+
 /// CREATE of a name that already exists (no O_EXCL) opens what is there as OPEN would: never
 /// through a symlink, never a fifo (the host open would block a worker thread until a writer
 /// came), never a directory or device node. Found by the fuzz harness (fuzz/): O_CREAT|O_TRUNC on
