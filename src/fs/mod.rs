@@ -411,9 +411,23 @@ impl Passthrough {
         Ok((inode, st))
     }
 
-    /// Entry for an inode just created in `parent` under `name`.
-    fn created_entry(&self, parent: &InodeData, name: &CStr) -> io::Result<Entry> {
-        let (inode, st) = self.do_lookup(parent, name)?;
+    /// Create `name` in the directory `parent` as the caller — `make` does the host call,
+    /// relative to the parent's fd — and answer with the entry for what it made.
+    fn make_node(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        make: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
+    ) -> io::Result<Entry> {
+        check_name(name)?;
+        self.check_writable()?;
+        let parent = self.dir_inode(parent)?;
+        {
+            let _as = self.as_caller(ctx)?;
+            make(parent.fd()?.as_fd())?;
+        }
+        let (inode, st) = self.do_lookup(&parent, name)?;
         Ok(self.entry(&inode, st))
     }
 
@@ -764,14 +778,7 @@ impl FileSystem for Passthrough {
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
-        check_name(name)?;
-        self.check_writable()?;
-        let parent = self.dir_inode(parent)?;
-        {
-            let _as = self.as_caller(ctx)?;
-            sys::symlinkat(linkname, parent.fd()?.as_fd(), name)?;
-        }
-        self.created_entry(&parent, name)
+        self.make_node(ctx, parent, name, |dir| sys::symlinkat(linkname, dir, name))
     }
 
     fn mknod(
@@ -783,16 +790,9 @@ impl FileSystem for Passthrough {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        check_name(name)?;
-        self.check_writable()?;
-        let parent = self.dir_inode(parent)?;
-        {
-            let _as = self.as_caller(ctx)?;
-            self.with_umask(umask, || {
-                sys::mknodat(parent.fd()?.as_fd(), name, mode, u64::from(rdev))
-            })?;
-        }
-        self.created_entry(&parent, name)
+        self.make_node(ctx, parent, name, |dir| {
+            self.with_umask(umask, || sys::mknodat(dir, name, mode, u64::from(rdev)))
+        })
     }
 
     fn mkdir(
@@ -803,16 +803,9 @@ impl FileSystem for Passthrough {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        check_name(name)?;
-        self.check_writable()?;
-        let parent = self.dir_inode(parent)?;
-        {
-            let _as = self.as_caller(ctx)?;
-            self.with_umask(umask, || {
-                sys::mkdirat(parent.fd()?.as_fd(), name, mode & 0o7777)
-            })?;
-        }
-        self.created_entry(&parent, name)
+        self.make_node(ctx, parent, name, |dir| {
+            self.with_umask(umask, || sys::mkdirat(dir, name, mode & 0o7777))
+        })
     }
 
     fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
