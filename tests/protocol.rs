@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vufsd_bench::fuse_abi::{opcode, to_bytes, InHeader, FUSE_ROOT_ID};
-use vufsd_bench::virtqueue::{RawDesc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vufsd_bench::{
     Chain, ChainMode, DaemonProcess, Device, DeviceConfig, FuseClient, FuseRequest, Segment,
     TempDir,
@@ -127,30 +126,8 @@ fn malformed_chains_are_answered_or_dropped_and_the_daemon_lives_on() {
         }
     }
     // A descriptor chain that loops back on itself.
-    let mem = env.client.device().memory().clone();
-    let b = mem.alloc(4096, 4096).unwrap();
-    b.write_at(0, &to_bytes(&hdr(opcode::GETATTR, 56, 1)))
-        .unwrap();
-    let descs = [
-        RawDesc {
-            addr: b.gpa(),
-            len: 40,
-            flags: VRING_DESC_F_NEXT,
-            next: 1,
-        },
-        RawDesc {
-            addr: b.gpa() + 64,
-            len: 16,
-            flags: VRING_DESC_F_NEXT,
-            next: 0,
-        },
-        RawDesc {
-            addr: b.gpa() + 1024,
-            len: 200,
-            flags: VRING_DESC_F_WRITE,
-            next: 0,
-        },
-    ];
+    let (_buf, descs) =
+        vufsd_bench::malformed::looping_chain(env.client.device().memory()).unwrap();
     let _ = env.client.raw_descs(1, &descs, ChainMode::Direct);
     env.assert_alive("a looping descriptor chain");
     // And normal service continues.

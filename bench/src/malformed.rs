@@ -1,8 +1,13 @@
 //! Malformed descriptor chains a misbehaving guest driver could send, for protocol tests of any
 //! vhost-user-fs daemon: each must get an error reply or be dropped, never crash or hang it.
 
+use std::sync::Arc;
+
 use crate::fuse_abi::{opcode, to_bytes, InHeader};
+use crate::memory::{GuestBuf, GuestMemory};
 use crate::queue::{Chain, Segment};
+use crate::virtqueue::{RawDesc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use crate::{Error, Result};
 
 fn hdr(op: u32, len: u32, nodeid: u64) -> InHeader {
     InHeader {
@@ -120,4 +125,35 @@ pub fn chains(mem: u64) -> Vec<(&'static str, Chain)> {
             ]),
         ),
     ]
+}
+
+/// A GETATTR of the root whose descriptor chain loops back on itself (the second descriptor
+/// links to the first), laid out in `mem`: the buffer, to keep until the request is answered or
+/// given up on, and the descriptors, for `FuseClient::raw_descs`.
+pub fn looping_chain(mem: &Arc<GuestMemory>) -> Result<(GuestBuf, [RawDesc; 3])> {
+    let b = mem
+        .alloc(4096, 4096)
+        .ok_or_else(|| Error::Config("guest memory is full".into()))?;
+    b.write_at(0, &to_bytes(&hdr(opcode::GETATTR, 56, 1)))?;
+    let descs = [
+        RawDesc {
+            addr: b.gpa(),
+            len: 40,
+            flags: VRING_DESC_F_NEXT,
+            next: 1,
+        },
+        RawDesc {
+            addr: b.gpa() + 64,
+            len: 16,
+            flags: VRING_DESC_F_NEXT,
+            next: 0,
+        },
+        RawDesc {
+            addr: b.gpa() + 1024,
+            len: 200,
+            flags: VRING_DESC_F_WRITE,
+            next: 0,
+        },
+    ];
+    Ok((b, descs))
 }

@@ -316,15 +316,6 @@ fn stopped_daemon_times_out_then_recovers() {
 /// back with a completion or an error within the timeout. Prints what happened per case.
 #[test]
 fn malformed_chains_never_hang_the_frontend() {
-    use vufsd_bench::fuse_abi::{opcode, to_bytes, InHeader};
-    use vufsd_bench::virtqueue::{RawDesc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    let hdr = |op: u32, len: u32| InHeader {
-        len,
-        opcode: op,
-        unique: 7000,
-        nodeid: FUSE_ROOT_ID,
-        ..Default::default()
-    };
     // The guest memory is 64 MiB (see `start`).
     let cases = vufsd_bench::malformed::chains(64 << 20);
     let mut report = Vec::new();
@@ -345,30 +336,8 @@ fn malformed_chains_never_hang_the_frontend() {
                 env.client.raw(1, &ch).map(|c| c.used_len)
             }
             None => {
-                // Allocate real buffers, then link the readable descriptor back to itself.
-                let mem = env.client.device().memory().clone();
-                let b = mem.alloc(4096, 4096).unwrap();
-                b.write_at(0, &to_bytes(&hdr(opcode::GETATTR, 56))).unwrap();
-                let descs = [
-                    RawDesc {
-                        addr: b.gpa(),
-                        len: 40,
-                        flags: VRING_DESC_F_NEXT,
-                        next: 1,
-                    },
-                    RawDesc {
-                        addr: b.gpa() + 64,
-                        len: 16,
-                        flags: VRING_DESC_F_NEXT,
-                        next: 0,
-                    },
-                    RawDesc {
-                        addr: b.gpa() + 1024,
-                        len: 200,
-                        flags: VRING_DESC_F_WRITE,
-                        next: 0,
-                    },
-                ];
+                let (_buf, descs) =
+                    vufsd_bench::malformed::looping_chain(env.client.device().memory()).unwrap();
                 env.client
                     .raw_descs(1, &descs, ChainMode::Direct)
                     .map(|c| c.used_len)
