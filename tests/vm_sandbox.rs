@@ -747,14 +747,15 @@ fn vufsd_without(limit: &'static std::ffi::CStr, uid: u32, args: &[&str]) -> std
     cmd.output().expect("running vufsd")
 }
 
-#[test]
-fn the_default_sandbox_names_the_flag_to_use_where_user_namespaces_are_disabled() {
-    const USER: u32 = 4242;
-    let share = Share::new("sandbox_no_userns", Some(USER));
+/// vufsd started with the default sandbox, as `uid`, where `limit` (a namespace limit under
+/// /proc/sys/user) is 0: it must refuse to start with one line containing each of `needles`,
+/// and leave no socket behind.
+fn default_sandbox_refused(test: &str, limit: &'static std::ffi::CStr, uid: u32, needles: &[&str]) {
+    let share = Share::new(test, (uid != 0).then_some(uid));
     let sock = share.socket();
     let out = vufsd_without(
-        c"/proc/sys/user/max_user_namespaces",
-        USER,
+        limit,
+        uid,
         &[
             "--socket-path",
             sock.to_str().unwrap(),
@@ -764,12 +765,7 @@ fn the_default_sandbox_names_the_flag_to_use_where_user_namespaces_are_disabled(
     );
     assert_eq!(out.status.code(), Some(1));
     let line = error_line(&out);
-    for needle in [
-        "--sandbox=namespace (the default)",
-        "create a user namespace",
-        "unprivileged users",
-        "use --sandbox=none",
-    ] {
+    for needle in needles {
         assert!(line.contains(needle), "'{needle}' missing from: {line}");
     }
     assert!(
@@ -779,33 +775,33 @@ fn the_default_sandbox_names_the_flag_to_use_where_user_namespaces_are_disabled(
 }
 
 #[test]
+fn the_default_sandbox_names_the_flag_to_use_where_user_namespaces_are_disabled() {
+    default_sandbox_refused(
+        "sandbox_no_userns",
+        c"/proc/sys/user/max_user_namespaces",
+        4242,
+        &[
+            "--sandbox=namespace (the default)",
+            "create a user namespace",
+            "unprivileged users",
+            "use --sandbox=none",
+        ],
+    );
+}
+
+#[test]
 fn the_default_sandbox_names_the_flag_to_use_where_root_may_not_create_namespaces() {
     // Root in a user namespace whose pid namespace limit is 0: like a container without the
     // privilege to create namespaces.
-    let share = Share::new("sandbox_no_pidns", None);
-    let sock = share.socket();
-    let out = vufsd_without(
+    default_sandbox_refused(
+        "sandbox_no_pidns",
         c"/proc/sys/user/max_pid_namespaces",
         0,
         &[
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--shared-dir",
-            share.share.to_str().unwrap(),
+            "--sandbox=namespace (the default)",
+            "create a pid namespace",
+            "use --sandbox=chroot",
+            "--sandbox=none",
         ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let line = error_line(&out);
-    for needle in [
-        "--sandbox=namespace (the default)",
-        "create a pid namespace",
-        "use --sandbox=chroot",
-        "--sandbox=none",
-    ] {
-        assert!(line.contains(needle), "'{needle}' missing from: {line}");
-    }
-    assert!(
-        !sock.exists(),
-        "a daemon that did not start leaves no socket"
     );
 }
