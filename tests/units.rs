@@ -303,7 +303,7 @@ fn spawn_vufsd(dir: &TestDir, env: &[(&str, &str)]) -> (std::process::Child, Pat
 fn check_ready(notify_socket: &str, rx: UnixDatagram) {
     let dir = TestDir::new("units_notify");
     rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (mut child, sock) = spawn_vufsd(&dir, &[("NOTIFY_SOCKET", notify_socket)]);
+    let (child, sock) = spawn_vufsd(&dir, &[("NOTIFY_SOCKET", notify_socket)]);
     let mut buf = [0u8; 256];
     let n = rx.recv(&mut buf).expect("READY=1 within 10 s");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -311,14 +311,8 @@ fn check_ready(notify_socket: &str, rx: UnixDatagram) {
     // Ready means listening: a frontend connecting now is accepted (and, since this one
     // leaves at once, the daemon then exits 0).
     UnixStream::connect(&sock).expect("listening when READY=1 arrives");
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert!(status.success(), "{stderr}");
 }
 
@@ -386,14 +380,8 @@ fn two_activated_sockets_are_refused() {
         .expect("systemd-socket-activate (apt package systemd)");
     // The activator execs vufsd on the first connection.
     let _conn = connect_when_listening(&a, &mut child);
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert_eq!(status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr
         .lines()
