@@ -10,8 +10,16 @@
 //! (half the open-file limit), non-directory inodes are held as file handles instead, and
 //! opened from the handle when needed — if the daemon may (CAP_DAC_READ_SEARCH) and the
 //! filesystem has handles. Directories always keep their fd: they are the `*at` parents.
+//!
+//! A LOOKUP of a name that leads to an inode already in the table (the guest revalidating a
+//! dentry, `ls -l` of a directory it has listed before) needs only the name's (device, inode
+//! number): the table remembers which inode a (parent, name) last led to, and a `fstatat` of
+//! the name confirms it — one syscall instead of open, stat and close. The hint is never
+//! trusted: a name that now leads elsewhere takes the full path.
 
 use std::collections::HashMap;
+use std::ffi::CStr;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +42,25 @@ impl InodeKey {
         Self {
             dev: st.st_dev,
             ino: st.st_ino,
+        }
+    }
+}
+
+/// A name in a directory, as a key of the lookup hint (a hash: a collision only costs the
+/// full lookup, since every hint is checked against the host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NameKey {
+    parent: u64,
+    name: u64,
+}
+
+impl NameKey {
+    pub fn new(parent: u64, name: &CStr) -> Self {
+        let mut h = DefaultHasher::new();
+        name.to_bytes().hash(&mut h);
+        Self {
+            parent,
+            name: h.finish(),
         }
     }
 }
@@ -79,6 +106,8 @@ pub struct InodeData {
     /// (a wrong guess costs one retried open).
     owner: AtomicU32,
     refcount: AtomicU64,
+    /// The name this inode was first found under: its lookup hint, removed with it.
+    name: Option<NameKey>,
 }
 
 impl InodeData {
@@ -132,6 +161,8 @@ impl InodeData {
 struct Tables {
     by_id: HashMap<u64, Arc<InodeData>>,
     by_key: HashMap<InodeKey, u64>,
+    /// Lookup hints: the inode a name was first found to lead to.
+    by_name: HashMap<NameKey, u64>,
 }
 
 pub struct InodeStore {
@@ -179,6 +210,7 @@ impl InodeStore {
             // Pinned: the guest never forgets the root more often than it looked it up, but a
             // hostile guest might try.
             refcount: AtomicU64::new(u64::MAX / 2),
+            name: None,
         });
         let mut tables = Tables::default();
         tables.by_key.insert(root.key, ROOT_ID);
@@ -241,9 +273,40 @@ impl InodeStore {
         tables.by_id.get(&id).cloned().ok_or_else(ebadf)
     }
 
+    /// Whether a lookup of `name` has a hint worth checking (see the module's comment).
+    pub fn has_hint(&self, name: &NameKey) -> bool {
+        self.tables
+            .read()
+            .is_ok_and(|t| t.by_name.contains_key(name))
+    }
+
+    /// Count one more guest reference to the inode `name` led to before, if it is the inode a
+    /// stat of the name just found (`st`); None when the hint is stale or gone.
+    pub fn add_ref_hinted(&self, name: &NameKey, st: &Stat) -> Option<Arc<InodeData>> {
+        let tables = self.tables.read().ok()?;
+        let found = tables
+            .by_name
+            .get(name)
+            .and_then(|id| tables.by_id.get(id))?;
+        if found.key != InodeKey::of(st) {
+            return None;
+        }
+        // Under the read lock, so a FORGET cannot remove it in between (it needs the write
+        // lock, and then sees this reference).
+        found.refcount.fetch_add(1, Ordering::Relaxed);
+        found.note_owner(st.st_uid);
+        Some(found.clone())
+    }
+
     /// Count one more guest reference to the inode `fd`/`st` describe, adding it to the table
-    /// if it is new. An fd for an inode already present is simply dropped.
-    pub fn add_ref(&self, fd: OwnedFd, st: &Stat) -> io::Result<Arc<InodeData>> {
+    /// if it is new. An fd for an inode already present is simply dropped. `name`, where the
+    /// inode was found by name, becomes the lookup hint of a new inode.
+    pub fn add_ref(
+        &self,
+        fd: OwnedFd,
+        st: &Stat,
+        name: Option<NameKey>,
+    ) -> io::Result<Arc<InodeData>> {
         let key = InodeKey::of(st);
         {
             let tables = self.tables.read().map_err(|_| ebadf())?;
@@ -267,9 +330,13 @@ impl InodeStore {
             file_type: st.st_mode & libc::S_IFMT,
             owner: AtomicU32::new(st.st_uid),
             refcount: AtomicU64::new(1),
+            name,
         });
         tables.by_key.insert(key, id);
         tables.by_id.insert(id, data.clone());
+        if let Some(name) = name {
+            tables.by_name.insert(name, id);
+        }
         Ok(data)
     }
 
@@ -321,6 +388,11 @@ impl InodeStore {
             if tables.by_key.get(&inode.key) == Some(&id) {
                 tables.by_key.remove(&inode.key);
             }
+            if let Some(name) = inode.name {
+                if tables.by_name.get(&name) == Some(&id) {
+                    tables.by_name.remove(&name);
+                }
+            }
             if !inode.by_handle() {
                 self.fds_held.fetch_sub(1, Ordering::Relaxed);
             }
@@ -361,9 +433,9 @@ mod tests {
         let store = InodeStore::new(rfd, &rst, HoldPolicy::FDS_ONLY);
 
         let (fd1, st1) = open_path(&tmp.join("d"));
-        let a = store.add_ref(fd1, &st1).unwrap();
+        let a = store.add_ref(fd1, &st1, None).unwrap();
         let (fd2, st2) = open_path(&tmp.join("d"));
-        let b = store.add_ref(fd2, &st2).unwrap();
+        let b = store.add_ref(fd2, &st2, None).unwrap();
         assert_eq!(a.id, b.id, "the same host inode gets the same node id");
         assert_eq!(store.len(), 2);
 
@@ -380,8 +452,39 @@ mod tests {
         assert!(store.get(ROOT_ID).is_ok(), "the root is pinned");
 
         let (fd3, st3) = open_path(&tmp.join("d"));
-        let c = store.add_ref(fd3, &st3).unwrap();
+        let c = store.add_ref(fd3, &st3, None).unwrap();
         assert_ne!(c.id, a.id, "node ids are never reused");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn lookup_hints_are_checked_and_leave_with_their_inode() {
+        let tmp = std::env::temp_dir().join(format!("vufsd-hints-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("d")).unwrap();
+        std::fs::create_dir_all(tmp.join("e")).unwrap();
+        let (rfd, rst) = open_path(&tmp);
+        let store = InodeStore::new(rfd, &rst, HoldPolicy::FDS_ONLY);
+        let d = NameKey::new(ROOT_ID, c"d");
+        assert!(!store.has_hint(&d));
+
+        let (fd, st) = open_path(&tmp.join("d"));
+        let a = store.add_ref(fd, &st, Some(d)).unwrap();
+        assert!(store.has_hint(&d));
+        let again = store.add_ref_hinted(&d, &st).expect("the hint matches");
+        assert_eq!(again.id, a.id);
+        // The name now leads to another inode: the hint is not taken.
+        let (_, other) = open_path(&tmp.join("e"));
+        assert!(store.add_ref_hinted(&d, &other).is_none());
+        assert!(store
+            .add_ref_hinted(&NameKey::new(a.id, c"d"), &st)
+            .is_none());
+
+        // Two references (add_ref, add_ref_hinted): the hint goes with the last FORGET.
+        store.forget(a.id, 1);
+        assert!(store.has_hint(&d));
+        store.forget(a.id, 1);
+        assert!(!store.has_hint(&d));
+        assert!(store.add_ref_hinted(&d, &st).is_none());
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -32,7 +32,7 @@ use log::{debug, info};
 use crate::sys::{self, Stat};
 use creds::AsCaller;
 use handles::{HandleData, HandleStore};
-use inodes::{InodeData, InodeStore, ROOT_ID};
+use inodes::{InodeData, InodeStore, NameKey, ROOT_ID};
 use open_flags::{DaemonCreds, NoatimeCounters, NoatimePolicy, OpenRules};
 
 pub use open_flags::Noatime;
@@ -400,14 +400,17 @@ impl Passthrough {
         } else {
             name
         };
-        let fd = sys::openat(
-            parent.fd()?.as_fd(),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let dir = parent.fd()?;
+        let hint = NameKey::new(parent.id, name);
+        if self.inodes.has_hint(&hint) {
+            let st = sys::fstatat(dir.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
+            if let Some(inode) = self.inodes.add_ref_hinted(&hint, &st) {
+                return Ok((inode, st));
+            }
+        }
+        let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::stat_fd(fd.as_fd())?;
-        let inode = self.inodes.add_ref(fd, &st)?;
+        let inode = self.inodes.add_ref(fd, &st, Some(hint))?;
         Ok((inode, st))
     }
 
@@ -642,7 +645,7 @@ impl Passthrough {
         };
         let path_fd = self.reopen(fd.as_fd(), libc::O_PATH)?;
         let st = sys::stat_fd(fd.as_fd())?;
-        let inode = self.inodes.add_ref(path_fd, &st)?;
+        let inode = self.inodes.add_ref(path_fd, &st, None)?;
         let fh = self
             .handles
             .insert(HandleData::new(inode.id, fd, false, false))?;
@@ -948,7 +951,9 @@ impl FileSystem for Passthrough {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(err(libc::EISDIR));
         }
-        let inode = self.inodes.add_ref(path_fd, &st)?;
+        let inode = self
+            .inodes
+            .add_ref(path_fd, &st, Some(NameKey::new(parent.id, name)))?;
         let on = flags & libc::O_NOATIME != 0;
         let fh = self.handles.insert(HandleData::new(inode.id, fd, on, on))?;
         Ok((self.entry(&inode, st), Some(fh), self.open_options(), None))
