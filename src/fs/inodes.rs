@@ -13,9 +13,10 @@
 //!
 //! A LOOKUP of a name that leads to an inode already in the table (the guest revalidating a
 //! dentry, `ls -l` of a directory it has listed before) needs only the name's (device, inode
-//! number): the table remembers which inode a (parent, name) last led to, and a `fstatat` of
-//! the name confirms it — one syscall instead of open, stat and close. The hint is never
-//! trusted: a name that now leads elsewhere takes the full path.
+//! number): the table remembers the (parent, name) each inode was first found under, and a
+//! `fstatat` of the name confirms it — one syscall instead of open, stat and close. The hint is
+//! never trusted: a name that now leads elsewhere takes the full path (and the new inode it
+//! finds takes the hint over).
 
 use std::collections::HashMap;
 use std::ffi::CStr;
