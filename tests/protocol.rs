@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vufsd_bench::fuse_abi::{opcode, to_bytes, InHeader, FUSE_ROOT_ID};
+use vufsd_bench::fuse_abi::{opcode, to_bytes, FUSE_ROOT_ID};
+use vufsd_bench::malformed::hdr;
 use vufsd_bench::{
     Chain, ChainMode, DaemonProcess, Device, DeviceConfig, FuseClient, FuseRequest, Segment,
     TempDir,
@@ -74,16 +75,6 @@ fn start(extra: &[&str]) -> Env {
         client,
         daemon,
         dir,
-    }
-}
-
-fn hdr(op: u32, len: u32, nodeid: u64) -> InHeader {
-    InHeader {
-        len,
-        opcode: op,
-        unique: 4242,
-        nodeid,
-        ..Default::default()
     }
 }
 

@@ -9,7 +9,8 @@ use crate::queue::{Chain, Segment};
 use crate::virtqueue::{RawDesc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use crate::{Error, Result};
 
-fn hdr(op: u32, len: u32, nodeid: u64) -> InHeader {
+/// A request header as the chains here use them (unique 4242), for tests that build their own.
+pub fn hdr(op: u32, len: u32, nodeid: u64) -> InHeader {
     InHeader {
         len,
         opcode: op,
