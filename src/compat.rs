@@ -15,7 +15,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use clap::{Args, ValueEnum};
 
-use crate::cli::Opt;
 use crate::sys;
 
 /// What `--print-capabilities` prints: the vhost-user backend description libvirt reads
@@ -305,11 +304,11 @@ pub fn can_act_as_others() -> bool {
     sys::geteuid() == 0 || powerful
 }
 
-/// The verdict on every accepted-but-unimplemented option in `opt`, in command-line order of
-/// importance: refusals are what the caller must act on first.
-pub fn review(opt: &Opt, privileged: bool) -> Vec<Notice> {
-    let mut notes = review_virtiofsd(&opt.virtiofsd);
-    notes.extend(review_pending(&opt.pending, privileged));
+/// The verdict on every accepted-but-unimplemented option, in order of importance: refusals
+/// are what the caller must act on first.
+pub fn review(virtiofsd: &VirtiofsdArgs, pending: &PendingArgs, privileged: bool) -> Vec<Notice> {
+    let mut notes = review_virtiofsd(virtiofsd);
+    notes.extend(review_pending(pending, privileged));
     notes.sort_by_key(|n| matches!(n, Notice::Ignored(_)));
     notes
 }
@@ -508,10 +507,29 @@ mod tests {
         ])));
     }
 
+    /// The options this module defines, parsed on their own.
+    #[derive(clap::Parser)]
+    struct Compat {
+        #[command(flatten)]
+        virtiofsd: VirtiofsdArgs,
+        #[command(flatten)]
+        pending: PendingArgs,
+        // Options of the real command line that these tests pass alongside.
+        #[arg(long)]
+        seccomp: Option<String>,
+        #[arg(long)]
+        sandbox: Option<String>,
+        #[arg(long)]
+        modcaps: Option<String>,
+        #[arg(long)]
+        rlimit_nofile: Option<u64>,
+    }
+
     fn notices(args: &[&str], privileged: bool) -> Vec<Notice> {
-        let mut v = vec!["vufsd", "--socket-path=s", "--shared-dir=d"];
+        let mut v = vec!["vufsd"];
         v.extend_from_slice(args);
-        review(&Opt::try_parse_from(v).unwrap(), privileged)
+        let c = Compat::try_parse_from(v).unwrap();
+        review(&c.virtiofsd, &c.pending, privileged)
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         opt.log_level
     };
     vufsd::logger::init(level);
-    let mut notices = compat::review(&opt, compat::can_act_as_others());
+    let mut notices = compat::review(&opt.virtiofsd, &opt.pending, compat::can_act_as_others());
     notices.extend(legacy_notices);
     if let Some(Notice::Refused(why)) = notices.first() {
         return refuse(why);
