@@ -245,6 +245,18 @@ pub struct Opt {
     #[arg(long, value_name = "N")]
     pub rlimit_nofile: Option<u64>,
 
+    /// Exit when the process that started vufsd exits, as on SIGTERM (clean up, exit 0). For a
+    /// daemon started by a script that then execs QEMU (its parent is then QEMU): a VM that
+    /// fails to start, or ends, leaves no daemon behind. A parent that is PID 1 (a service
+    /// manager) never exits, so this does nothing there.
+    #[arg(long)]
+    pub exit_with_parent: bool,
+
+    /// Exit with status 1 if no frontend has connected SECS seconds after the socket is ready;
+    /// 0 waits for ever (the default).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub connect_timeout: u64,
+
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
     pub log_level: LevelFilter,

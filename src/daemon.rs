@@ -19,6 +19,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::cli::Opt;
 use crate::device::FsDevice;
 use crate::fs::Passthrough;
+use crate::lifeline::{self, Parent};
 use crate::protocol::Dispatcher;
 use crate::sandbox::{self, ChildExit, Entered, SandboxError, Supervisor};
 use crate::sys;
@@ -311,13 +312,21 @@ fn give_socket_to_group(path: &Path, group: &str) -> Result<(), DaemonError> {
 
 const EXIT_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// Handle SIGTERM/SIGINT/SIGHUP on a thread of their own: log, clean up, exit 0.
-fn spawn_signal_thread(dispatcher: Arc<Dispatcher>, socket: SocketSlot) -> Result<(), DaemonError> {
+/// Handle SIGTERM/SIGINT/SIGHUP on a thread of their own: log, clean up, exit 0. With
+/// `--exit-with-parent`, the parent's exit arrives here as a SIGTERM too.
+fn spawn_signal_thread(
+    dispatcher: Arc<Dispatcher>,
+    socket: SocketSlot,
+    parent: Option<Parent>,
+) -> Result<(), DaemonError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = sys::wait_signal(&EXIT_SIGNALS) {
-                info!("received signal {sig}, exiting");
+                match parent.filter(|p| sig == libc::SIGTERM && p.is_gone()) {
+                    Some(p) => warn!("{}", p.exit_message()),
+                    None => info!("received signal {sig}, exiting"),
+                }
                 log_summary(&dispatcher);
                 remove_socket(&socket);
                 std::process::exit(0);
@@ -378,11 +387,27 @@ fn log_summary(dispatcher: &Dispatcher) {
 fn supervise(
     supervisor: Supervisor,
     notifier: Option<systemd::Notifier>,
+    parent: Option<Parent>,
 ) -> Result<ExitCode, DaemonError> {
     let pid = supervisor.child_pid();
     let sink = notifier.map_or(StatusSink::Nobody, StatusSink::Manager);
+    // The supervisor is the process the parent started: it watches the parent, and passes the
+    // SIGTERM of the parent's exit on to the sandboxed daemon like any other.
+    if let Some(p) = parent {
+        if !arm(&p)? {
+            // Gone already: stop the daemon as the parent's SIGTERM would have.
+            supervisor
+                .signal_child(libc::SIGTERM)
+                .map_err(|e| DaemonError::Sandbox(SandboxError::Supervise(e)))?;
+        }
+    }
+    let on_signal = move |sig| {
+        if let Some(p) = parent.filter(|p| sig == libc::SIGTERM && p.is_gone()) {
+            warn!("{}", p.exit_message());
+        }
+    };
     match supervisor
-        .supervise(move |state| sink.notify(state))
+        .supervise(move |state| sink.notify(state), on_signal)
         .map_err(|e| DaemonError::Sandbox(SandboxError::Supervise(e)))?
     {
         ChildExit::Code(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
@@ -402,6 +427,8 @@ fn supervise(
 /// Run the daemon to completion; the exit code is the sandboxed daemon's when this process
 /// only supervises it.
 pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
+    // First, so that a parent exiting while we start is noticed (see Parent::arm).
+    let parent = opt.exit_with_parent.then(Parent::record);
     // Before any thread exists, so that every thread inherits the mask.
     sys::block_signals(&EXIT_SIGNALS)
         .map_err(|e| DaemonError::Setup("cannot block signals".into(), e))?;
@@ -419,9 +446,12 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
         opt,
         &sandbox_cfg,
         fs_config,
-        unix_listener,
-        created,
-        &socket_file,
+        Listening {
+            listener: unix_listener,
+            created,
+            socket_file: &socket_file,
+        },
+        parent,
     );
     if served.is_err() {
         // A daemon that failed to start (here, or as the sandboxed child) leaves no socket
@@ -431,15 +461,38 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     served
 }
 
+/// `--exit-with-parent`: have the parent's exit arrive as SIGTERM; false (logged) when it has
+/// already exited, and the daemon should stop now.
+fn arm(parent: &Parent) -> Result<bool, DaemonError> {
+    let alive = parent
+        .arm()
+        .map_err(|e| DaemonError::Setup("cannot watch the parent process".into(), e))?;
+    if !alive {
+        warn!("{}", parent.exit_message());
+    }
+    Ok(alive)
+}
+
+/// The socket the daemon listens on, and the file it created for it (if it did).
+struct Listening<'a> {
+    listener: UnixListener,
+    created: Option<PathBuf>,
+    socket_file: &'a SocketSlot,
+}
+
 /// Everything after the socket exists: enter the sandbox, open the share, serve the frontend.
 fn serve(
     opt: &Opt,
     sandbox_cfg: &sandbox::Config,
     fs_config: crate::fs::Config,
-    unix_listener: UnixListener,
-    created: Option<PathBuf>,
-    socket_file: &SocketSlot,
+    listening: Listening<'_>,
+    parent: Option<Parent>,
 ) -> Result<ExitCode, DaemonError> {
+    let Listening {
+        listener: unix_listener,
+        created,
+        socket_file,
+    } = listening;
     sandbox::prepare(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let notifier = connect_notifier();
     let jail = match sandbox::enter(sandbox_cfg, &opt.shared_dir).map_err(DaemonError::Sandbox)? {
@@ -448,10 +501,13 @@ fn serve(
             // only it removes the socket file.
             drop(unix_listener);
             drop(socket_file.lock().ok().and_then(|mut s| s.take()));
-            return supervise(supervisor, notifier);
+            return supervise(supervisor, notifier, parent);
         }
         Entered::Jail(jail) => jail,
     };
+    // Outside the namespace sandbox this process is the one the parent started, and watches
+    // it (inside, the supervisor does).
+    let parent = parent.filter(|_| jail.to_supervisor.is_none());
     let status = match jail.to_supervisor {
         Some(pipe) => StatusSink::Supervisor(pipe.into()),
         None => notifier.map_or(StatusSink::Nobody, StatusSink::Manager),
@@ -462,13 +518,21 @@ fn serve(
         Passthrough::with_proc_fd(&jail.root, &opt.shared_dir, jail.proc_self_fd, fs_config)
             .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
     );
+    // From this thread, whose credentials no longer change; before the seccomp filter, which
+    // allows no such prctl.
+    if let Some(p) = parent {
+        if !arm(&p)? {
+            remove_socket(socket_file);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     // Before the first thread (the pool's, the signal thread): every thread inherits the filter.
     sandbox::restrict_syscalls(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let device = Arc::new(
         FsDevice::new(Dispatcher::new(fs), opt.thread_pool_size)
             .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
     );
-    spawn_signal_thread(device.dispatcher().clone(), socket_file.clone())?;
+    spawn_signal_thread(device.dispatcher().clone(), socket_file.clone(), parent)?;
     let mut daemon = VhostUserDaemon::new(
         "vufsd".to_string(),
         device.clone(),
@@ -488,7 +552,14 @@ fn serve(
     // Type=notify: the socket is listening, so a frontend connecting now will be served.
     status.notify("READY=1\nSTATUS=waiting for the frontend");
     let mut listener = Listener::from(unix_listener);
+    let expired_socket = socket_file.clone();
+    let deadline = lifeline::connect_deadline(opt.connect_timeout, move || {
+        remove_socket(&expired_socket);
+        std::process::exit(1);
+    })
+    .map_err(|e| DaemonError::Setup("cannot start the connect timeout".into(), e))?;
     let started = daemon.start(&mut listener);
+    drop(deadline);
     // One connection is all we serve: the socket file has done its job.
     remove_socket(socket_file);
     started.map_err(|e| DaemonError::Frontend(format!("cannot accept the frontend: {e}")))?;

@@ -3,7 +3,7 @@
 //! A request flows guest kernel → virtqueue → [`device`] (vhost-user backend) → [`protocol`]
 //! (one descriptor chain, one FUSE request) → [`fs`] (the passthrough filesystem) → host
 //! syscalls in [`sys`]. [`daemon`] owns the process's life (with [`systemd`] for socket
-//! activation and readiness) and [`cli`] its options ([`compat`] for virtiofsd's spellings);
+//! activation and readiness, [`lifeline`] for what else ends it) and [`cli`] its options ([`compat`] for virtiofsd's spellings);
 //! [`sandbox`] confines the process before the guest can talk to it.
 
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod compat;
 pub mod daemon;
 pub mod device;
 pub mod fs;
+pub mod lifeline;
 pub mod logger;
 mod pool;
 pub mod protocol;

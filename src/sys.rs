@@ -546,6 +546,20 @@ impl FileReadWriteVolatile for HostIo<'_> {
 
 // --- process-level plumbing used by the daemon module --------------------------------------
 
+/// The parent's pid (as this process's pid namespace sees it).
+pub fn getppid() -> i32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getppid() }
+}
+
+/// Send `sig` to this process when the thread that created it exits (PR_SET_PDEATHSIG). The
+/// kernel forgets the setting when the calling thread's credentials change (uid, fsuid,
+/// capabilities gained), so call it after the last such change on that thread.
+pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and nothing else.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
 /// Block `signals` in the calling thread (and every thread it spawns afterwards), so that one
 /// dedicated thread can wait for them with [`wait_signal`].
 pub fn block_signals(signals: &[i32]) -> io::Result<()> {

@@ -33,9 +33,10 @@ listening socket (unless \-\-fd is given); \-\-socket\-path is then not used.
 \fBNOTIFY_SOCKET\fR
 systemd readiness: vufsd sends READY=1 there once it listens (Type=notify).
 .SH EXIT STATUS
-0 when the frontend disconnects or on SIGTERM, SIGINT or SIGHUP; 1 with one line on stderr
-(\fBvufsd: error: ...\fR) when it cannot start or refuses an option; 2 for a malformed
-command line. With \-\-sandbox=namespace the process started supervises the sandboxed daemon
+0 when the frontend disconnects, on SIGTERM, SIGINT or SIGHUP, or (with
+\-\-exit\-with\-parent) when the process that started it exits; 1 with one line on stderr
+(\fBvufsd: error: ...\fR) when it cannot start or refuses an option, and when no frontend
+connected within \-\-connect\-timeout; 2 for a malformed command line. With \-\-sandbox=namespace the process started supervises the sandboxed daemon
 and exits with its status: 128+N when it was killed by signal N (159: a system call outside
 its seccomp filter).
 .SH FILES

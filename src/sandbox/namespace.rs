@@ -33,12 +33,22 @@ impl Supervisor {
         self.child
     }
 
+    /// Send `sig` to the sandboxed daemon.
+    pub fn signal_child(&self, sig: i32) -> io::Result<()> {
+        signal(self.child, sig)
+    }
+
     /// Forward the exit signals to the child until it ends; return how it ended, and pass
     /// each message the child sends to `on_message`. The signals and SIGCHLD are blocked
     /// (since before the fork), so none is lost in between. One thread, waiting in poll(2) on
     /// a signalfd and the message pipe: after unshare(CLONE_NEWPID) this process may not
     /// create threads.
-    pub fn supervise(self, mut on_message: impl FnMut(&str)) -> io::Result<ChildExit> {
+    /// `on_signal` sees each signal before it is passed on.
+    pub fn supervise(
+        self,
+        mut on_message: impl FnMut(&str),
+        mut on_signal: impl FnMut(i32),
+    ) -> io::Result<ChildExit> {
         let mut waited: Vec<i32> = FORWARDED.to_vec();
         waited.push(libc::SIGCHLD);
         let signals = sys::signalfd(&waited)?;
@@ -64,13 +74,18 @@ impl Supervisor {
                 }
                 continue;
             }
+            on_signal(sig);
             debug!("forwarding signal {sig} to the sandboxed daemon");
-            match sys::kill(self.child, sig) {
-                // Already gone: its SIGCHLD is on the way.
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                other => other?,
-            }
+            signal(self.child, sig)?;
         }
+    }
+}
+
+/// Send `sig` to `pid`; one that has already exited is no error (its SIGCHLD is on the way).
+fn signal(pid: libc::pid_t, sig: i32) -> io::Result<()> {
+    match sys::kill(pid, sig) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
     }
 }
 
@@ -150,7 +165,7 @@ pub fn enter(shared_dir: &Path, as_root: bool) -> Result<Entered, SandboxError> 
         Forked::Child => {
             drop(lifeline_w);
             drop(messages_r);
-            sys::set_parent_death_signal(libc::SIGKILL)
+            crate::sys::set_parent_death_signal(libc::SIGKILL)
                 .map_err(|e| SandboxError::Process("set the parent death signal", e))?;
             // The parent may have died before the line above: then nothing would kill us.
             if sys::pipe_hung_up(lifeline_r.as_fd())

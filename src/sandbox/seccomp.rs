@@ -131,6 +131,7 @@ const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_getrandom, "HashMap seeds"),
     (libc::SYS_gettid, "glibc"),
     (libc::SYS_getpid, "glibc"),
+    (libc::SYS_getppid, "--exit-with-parent: tell the parent's exit from another SIGTERM"),
     (libc::SYS_clock_gettime, "log timestamps (when the vDSO falls back)"),
     (libc::SYS_exit, "thread exit"),
     (libc::SYS_exit_group, "process exit"),

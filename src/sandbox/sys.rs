@@ -144,12 +144,6 @@ pub fn getegid() -> u32 {
     unsafe { libc::getegid() }
 }
 
-/// Deliver `sig` to this process when its parent dies.
-pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number and nothing else.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
-}
-
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
