@@ -30,6 +30,25 @@ in
 rec {
   inherit settings;
 
+  # Why `name` cannot name a share (null when it can). It becomes the systemd instance of
+  # vufsd@NAME.service / vufsd@NAME.socket and the file /etc/vufsd/NAME.conf: systemd takes
+  # ASCII letters, digits and ":_.\-" in unit names (and "\" only as an escape); vufsd takes
+  # the plain subset, starting with a letter or digit, so that a name never needs escaping
+  # and never looks like an option or a hidden file.
+  shareNameProblem = name:
+    if builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" name == null then
+      "services.vufsd.shares.${builtins.toJSON name}: a share name becomes the systemd unit vufsd@NAME.service: use ASCII letters, digits, '_', '.' and '-', starting with a letter or digit"
+    else if builtins.stringLength name > 241 then
+      "services.vufsd.shares.${builtins.toJSON name}: the name is longer than the 241 characters a unit name vufsd@NAME.service leaves"
+    else null;
+
+  # Why `path` cannot be a unix socket's path (null when it can): sun_path holds 108 bytes
+  # with the terminating NUL.
+  socketPathProblem = name: path:
+    if builtins.stringLength path > 107 then
+      "services.vufsd.shares.${name}.socketPath: ${path} is ${toString (builtins.stringLength path)} bytes; a unix socket path has at most 107"
+    else null;
+
   # vufsd's arguments for a share (sharedDir required; the rest default as in
   # share-options.json), without the socket: systemd passes it, the test driver adds it.
   args = share:

@@ -9,9 +9,11 @@ rustPlatform.buildRustPackage {
   pname = "vufsd";
   inherit (cargo.package) version;
 
+  # The repository without .git, build results (target/, result) and the fuzz workspace.
   src = lib.cleanSourceWith {
-    src = ../.;
-    filter = path: type: !(type == "directory" && baseNameOf path == "target");
+    src = lib.cleanSource ../.;
+    filter = path: type:
+      !(type == "directory" && builtins.elem (baseNameOf path) [ "target" "fuzz" ]);
   };
   cargoLock.lockFile = ../Cargo.lock;
 

@@ -23,12 +23,31 @@ pkgs.testers.runNixOSTest {
   };
 
   testScript = ''
+    import os
+    import time
+
+    def vufsd_daemons():
+        """The command lines of the vufsd processes the driver (this sandbox) can see."""
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"/bin/vufsd"):
+                found.append(argv)
+        return found
+
     machine.wait_for_unit("multi-user.target")
 
     with subtest("the store and xchg come from vufsd"):
         mounts = machine.succeed("cat /proc/mounts")
         assert "nix-store /nix/.ro-store virtiofs" in mounts, mounts
         assert "xchg /tmp/xchg virtiofs" in mounts, mounts
+        daemons = vufsd_daemons()
+        assert any(b"/nix/store" in b" ".join(a) for a in daemons), daemons
+        assert all(b"--exit-with-parent" in a for a in daemons), daemons
         # Through the overlay, every lower file is opened with O_NOATIME: vufsd runs as the
         # driver's unprivileged user on a root-owned store, so this is --noatime=auto at work.
         machine.succeed("${pkgs.python3.interpreter} -c 'import os; os.read(os.open(\"/run/current-system/sw/bin/bash\", os.O_RDONLY | os.O_NOATIME), 4)'")
@@ -41,9 +60,17 @@ pkgs.testers.runNixOSTest {
     with subtest("services.vufsd: socket-activated share"):
         machine.wait_for_unit("vufsd@data.socket")
         machine.succeed("test -S /run/vufsd/data.sock")
+        machine.succeed("test -L /etc/systemd/system/sockets.target.wants/vufsd@data.socket")
         machine.succeed("grep -qx \"SHARED_DIR='/srv/data'\" /etc/vufsd/data.conf")
         machine.succeed("grep -qx \"EXTRA_ARGS='--xattr'\" /etc/vufsd/data.conf")
         machine.succeed("vufsd --print-capabilities | grep -q separate-options")
         machine.succeed("systemd-analyze verify vufsd@data.service vufsd@data.socket")
+
+    with subtest("the daemons end with the VM"):
+        machine.shutdown()
+        deadline = time.monotonic() + 30
+        while vufsd_daemons() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not vufsd_daemons(), vufsd_daemons()
   '';
 }
