@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use daemon::{find_virtiofsd, Daemon, DaemonKind, DaemonSpec};
-pub use vm::{run_vm, try_run_vm, VmConfig, VmOutcome};
+pub use vm::{run_vm, try_run_vm, Launch, VmConfig, VmOutcome};
 
 /// Errors in the harness are strings with their context prepended: they end
 /// up in a panic message read by a person, never matched on.

@@ -56,6 +56,17 @@ pub struct VmConfig {
     pub qemu_args: Vec<String>,
     /// Print console and guest output live on stderr (see --nocapture).
     pub echo: bool,
+    /// Start QEMU through a launcher, as a NixOS VM's start script does.
+    pub launch: Option<Launch>,
+}
+
+/// How QEMU is started when not directly: `program QEMU ARGS...` (a wrapper that execs QEMU in
+/// the end), in the run directory, as `run_as` (uid, gid) when given, with `env` added.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub run_as: Option<(u32, u32)>,
+    pub env: Vec<(String, String)>,
 }
 
 impl VmConfig {
@@ -73,7 +84,14 @@ impl VmConfig {
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
             echo: false,
+            launch: None,
         }
+    }
+
+    /// Start QEMU through `launch` (see [`Launch`]).
+    pub fn launch(mut self, launch: Launch) -> VmConfig {
+        self.launch = Some(launch);
+        self
     }
 
     /// Attach a vhost-user-fs device on `socket` with `tag`, queue size 1024.
@@ -290,8 +308,15 @@ pub fn try_run_vm(cfg: &VmConfig) -> Result<VmOutcome> {
     let args = qemu_args(assets, accel, cfg, &run);
     std::fs::write(run.dir.join("qemu-cmdline.txt"), shell_line(&args))
         .context("writing qemu-cmdline.txt")?;
+    if let Some((uid, gid)) = cfg.launch.as_ref().and_then(|l| l.run_as) {
+        // QEMU writes its serial logs and the guest's /test here.
+        for d in [&run.dir, &run.io] {
+            std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", d.display()))?;
+        }
+    }
     let _slot = VmSlot::acquire()?;
-    let mut vm = Running::start(&args, &run, cfg.echo)?;
+    let mut vm = Running::start(&args, &run, cfg.echo, cfg.launch.as_ref())?;
     let (status, timed_out) = vm.wait(cfg.timeout)?;
     Ok(VmOutcome {
         guest_output: vm.guest.text(),
@@ -509,11 +534,36 @@ struct Running {
 }
 
 impl Running {
-    fn start(args: &[String], run: &RunDir, echo: bool) -> Result<Running> {
+    fn start(
+        args: &[String],
+        run: &RunDir,
+        echo: bool,
+        launch: Option<&Launch>,
+    ) -> Result<Running> {
         let log = File::create(run.dir.join("qemu.log")).context("creating qemu.log")?;
         let log2 = log.try_clone().context("dup qemu.log")?;
         let started = Instant::now();
-        let child = Command::new(qemu_binary())
+        let mut cmd = match launch {
+            None => Command::new(qemu_binary()),
+            Some(l) => {
+                let mut c = match l.run_as {
+                    None => Command::new(&l.program),
+                    Some((uid, gid)) => {
+                        let mut c = Command::new("setpriv");
+                        c.arg(format!("--reuid={uid}"))
+                            .arg(format!("--regid={gid}"))
+                            .args(["--clear-groups", "--"])
+                            .arg(&l.program);
+                        c
+                    }
+                };
+                c.arg(qemu_binary())
+                    .current_dir(&run.dir)
+                    .envs(l.env.iter().map(|(k, v)| (k, v)));
+                c
+            }
+        };
+        let child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -753,7 +803,7 @@ fn probe_kvm(assets: &Assets) -> Result<bool> {
         dir: dir.clone(),
         io: dir.clone(),
     };
-    let mut vm = Running::start(&args, &run, false)?;
+    let mut vm = Running::start(&args, &run, false, None)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let ok = loop {
         vm.poll_logs();
