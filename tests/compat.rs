@@ -8,6 +8,8 @@
 //! - microvm.nix nixos-modules/microvm/virtiofsd: `--socket-path=S --socket-group=G
 //!   --shared-dir=D --rlimit-nofile 1048576 --thread-pool-size N --posix-acl --xattr
 //!   --cache=C --inode-file-handles=X [--tag=T] [--readonly]`;
+//! - nixpkgs: vmTools' runInLinuxVM (pkgs/build-support/vm: `--xattr --socket-path S --sandbox
+//!   none --seccomp none --shared-dir D`), and what vufsd's NixOS scripts run (nix/vm-scripts.nix);
 //! - virtiofsd's own documentation and common scripts (`--sandbox none`, `-f`, `--syslog`, ...).
 //!
 //! One VM test at the end boots a guest against the libvirt-style invocation.
@@ -172,6 +174,60 @@ const CASES: &[Case] = &[
         ],
         unprivileged: true,
         expect: Accept(&["--tag is ignored"]),
+    },
+    // --- nixpkgs ------------------------------------------------------------------------------
+    case(
+        "nixpkgs vmTools runInLinuxVM (and the virtiofs-era qemu-vm.nix reconstruction)",
+        &[
+            "--xattr",
+            "--socket-path",
+            "{sock}",
+            "--sandbox",
+            "none",
+            "--seccomp",
+            "none",
+            "--shared-dir",
+            "{share}",
+        ],
+        Accept(&[]),
+    ),
+    Case {
+        source: "vufsd-as-virtiofsd's own arguments before nixpkgs', unprivileged",
+        args: &[
+            "--exit-with-parent",
+            "--log-level=warn",
+            "--xattr",
+            "--socket-path",
+            "{sock}",
+            "--sandbox",
+            "none",
+            "--seccomp",
+            "none",
+            "--shared-dir",
+            "{share}",
+            "--log-level=info",
+        ],
+        unprivileged: true,
+        expect: Accept(&[]),
+    },
+    Case {
+        // (It also passes --log-level=warn, left out: the test sees "listening on" at info.)
+        source: "the 9p-era NixOS QEMU wrapper's daemon (store share, squashIds), unprivileged",
+        args: &[
+            "--socket-path={sock}",
+            "--shared-dir={share}",
+            "--cache=always",
+            "--noatime=auto",
+            "--readonly=true",
+            "--sandbox=none",
+            "--exit-with-parent",
+            "--translate-uid=squash-host:0:0:4294967295",
+            "--translate-gid=squash-host:0:0:4294967295",
+            "--translate-uid=squash-guest:0:65534:4294967295",
+            "--translate-gid=squash-guest:0:65534:4294967295",
+        ],
+        unprivileged: true,
+        expect: Accept(&[]),
     },
     // --- scripts and virtiofsd's documentation ----------------------------------------------
     case(
