@@ -1,10 +1,12 @@
-//! setattr and the permission check behind FUSE_ACCESS.
+//! Attributes: GETATTR, SETATTR, ACCESS (and the permission check behind it), STATFS, and the
+//! inode-attribute ioctls.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::stat64;
-use fuse_backend_rs::api::filesystem::SetattrValid;
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
+use fuse_backend_rs::api::filesystem::{Context, SetattrValid};
 
 use super::handles::HandleData;
 use super::inodes::InodeData;
@@ -106,6 +108,73 @@ impl Passthrough {
             }
         }
         Ok(())
+    }
+
+    pub(super) fn stat_inode(&self, inode: &InodeData, handle: Option<u64>) -> io::Result<Stat> {
+        let st = match handle {
+            Some(fh) => {
+                let h = self.handles.get(fh, inode.id)?;
+                sys::stat_fd(h.fd())?
+            }
+            None => sys::stat_fd(inode.fd()?.as_fd())?,
+        };
+        inode.note_owner(st.st_uid);
+        Ok(st)
+    }
+
+    /// FUSE_IOCTL for the inode-attribute ioctls (see [`sys::inode_ioctl`]); `arg` holds the
+    /// argument in and, for the getters, the result out.
+    pub fn inode_ioctl(&self, inode: u64, handle: u64, cmd: u32, arg: &mut [u8]) -> io::Result<()> {
+        let (_, _, getter) = sys::inode_ioctl(cmd).ok_or_else(|| err(libc::ENOTTY))?;
+        if !getter {
+            self.check_writable()?;
+        }
+        let h = self.handles.get(handle, inode)?;
+        sys::run_inode_ioctl(h.fd(), cmd, arg)
+    }
+
+    pub(super) fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let inode = self.inodes.get(inode)?;
+        let st = self.stat_inode(&inode, handle)?;
+        Ok((self.guest_attr(st), self.cfg.cache.timeout()))
+    }
+
+    pub(super) fn setattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.check_writable()?;
+        let inode = self.inodes.get(inode)?;
+        let h = match handle {
+            Some(fh) => Some(self.handles.get(fh, inode.id)?),
+            None => None,
+        };
+        self.apply_setattr(&inode, h.as_deref(), &attr, valid)?;
+        let st = self.stat_inode(&inode, None)?;
+        Ok((self.guest_attr(st), self.cfg.cache.timeout()))
+    }
+
+    pub(super) fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let inode = self.inodes.get(inode)?;
+        sys::fstatvfs(inode.fd()?.as_fd())
+    }
+
+    pub(super) fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        let inode = self.inodes.get(inode)?;
+        let st = self.stat_inode(&inode, None)?;
+        if mask & libc::W_OK as u32 != 0 && self.cfg.readonly {
+            return Err(err(libc::EROFS));
+        }
+        check_access(&self.guest_attr(st), ctx.uid, ctx.gid, mask)
     }
 }
 

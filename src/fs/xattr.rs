@@ -5,11 +5,12 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use fuse_backend_rs::api::filesystem::{GetxattrReply, ListxattrReply};
+use fuse_backend_rs::abi::fuse_abi::Opcode;
+use fuse_backend_rs::api::filesystem::{Context, GetxattrReply, ListxattrReply};
 
-use super::err;
+use super::{err, Passthrough};
 use crate::sys;
 
 /// Largest value/list the kernel allows (XATTR_SIZE_MAX / XATTR_LIST_MAX).
@@ -49,4 +50,60 @@ pub fn set(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: u32) -> io::Res
 
 pub fn remove(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     sys::removexattr(&sys::proc_fd_path(fd.as_raw_fd()), name)
+}
+
+impl Passthrough {
+    fn xattr_enabled(&self, opcode: Opcode) -> io::Result<()> {
+        if self.cfg.xattr || self.cfg.posix_acl {
+            Ok(())
+        } else {
+            // ENOSYS makes the guest stop asking.
+            self.note_unsupported(opcode as u32);
+            Err(err(libc::ENOSYS))
+        }
+    }
+
+    pub(super) fn setxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.xattr_enabled(Opcode::Setxattr)?;
+        self.check_writable()?;
+        let inode = self.inodes.get(inode)?;
+        set(inode.fd()?.as_fd(), name, value, flags)
+    }
+
+    pub(super) fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.xattr_enabled(Opcode::Getxattr)?;
+        let inode = self.inodes.get(inode)?;
+        get(inode.fd()?.as_fd(), name, size)
+    }
+
+    pub(super) fn listxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        size: u32,
+    ) -> io::Result<ListxattrReply> {
+        self.xattr_enabled(Opcode::Listxattr)?;
+        let inode = self.inodes.get(inode)?;
+        list(inode.fd()?.as_fd(), size)
+    }
+
+    pub(super) fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.xattr_enabled(Opcode::Removexattr)?;
+        self.check_writable()?;
+        let inode = self.inodes.get(inode)?;
+        remove(inode.fd()?.as_fd(), name)
+    }
 }
