@@ -219,7 +219,9 @@ fn hung_guest_is_killed_at_timeout() {
 
     let cfg = VmConfig::new(dir.path(), "echo sleeping; sleep 600")
         .with_daemon(&daemon, "selftest")
-        .timeout(Duration::from_secs(8));
+        // Long enough for the guest to boot and start the script on a loaded host (boot to
+        // mount is ~2 s on an idle one, over 20 s was seen with other VMs running).
+        .timeout(Duration::from_secs(30));
     let out = try_run_vm(&cfg).expect("the harness itself works");
     assert!(out.timed_out, "{}", out.report());
     assert!(out.guest_output.contains("sleeping"), "{}", out.report());

@@ -186,7 +186,8 @@ let
         users = lib.mapAttrs (n: u: { inherit (u) isSystemUser group; })
           (lib.filterAttrs (n: u: u.description == "vufsd virtio-fs daemon") c.users.users);
         groups = lib.attrNames c.users.groups;
-        failedAssertions = failed c.assertions;
+        # A real NixOS has assertions of its own; these tests are about vufsd's.
+        failedAssertions = lib.filter (m: lib.hasInfix "vufsd" m) (failed c.assertions);
       };
     flakeSelf = (import (proj + "/flake.nix")).outputs {
       self = flakeSelf // { outPath = proj; };
