@@ -77,11 +77,7 @@ fn start_from_a_parent(
         Some((uid, gid)) => {
             dir.chown(uid, gid);
             std::os::unix::fs::chown(&share, Some(uid), Some(gid)).unwrap();
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={gid}"))
-                .args(["--clear-groups", "--", "sh"]);
-            c
+            common::setpriv(uid, gid, "sh")
         }
         None => Command::new("sh"),
     };

@@ -10,8 +10,9 @@
 //! says loudly that it did not run (and passes): a user's clone has no kit. `.ci/run` runs
 //! them with the kit.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -67,12 +68,7 @@ fn sources(test: &str) -> Vec<Source> {
 
 /// Run nix-instantiate with `args`; stdout, or stderr as the error.
 fn nix(args: &[&str]) -> Result<Vec<u8>, String> {
-    let out = Command::new("nix-instantiate")
-        // No build users exist here, and none are needed to evaluate or instantiate.
-        .args(["--option", "build-users-group", ""])
-        .args(args)
-        .output()
-        .expect("nix-instantiate (apt package nix-bin; scripts/install-deps installs it)");
+    let out = common::nix::instantiate(args);
     if out.status.success() {
         Ok(out.stdout)
     } else {
@@ -153,11 +149,7 @@ fn str_list(v: &Value) -> Vec<String> {
 /// nix/lib.nix's envFile for `share`, evaluated on its own (builtins only).
 fn env_file(share: &str) -> String {
     let expr = format!("(import {}/nix/lib.nix).envFile {share}", repo().display());
-    let out = nix(&["--eval", "--strict", "--json", "-E", &expr]).unwrap();
-    match serde_json::from_slice::<Value>(&out).unwrap() {
-        Value::String(s) => s,
-        other => panic!("envFile gave {other}"),
-    }
+    common::nix::eval_string(&expr)
 }
 
 #[test]

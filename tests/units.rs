@@ -132,14 +132,7 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn nix_instantiate(args: &[&str]) -> std::process::Output {
-    Command::new("nix-instantiate")
-        // No build users exist here, and none are needed to parse or evaluate.
-        .args(["--option", "build-users-group", ""])
-        .args(args)
-        .output()
-        .expect("nix-instantiate (apt package nix-bin; scripts/install-deps installs it)")
-}
+use common::nix::instantiate as nix_instantiate;
 
 #[test]
 fn every_nix_file_parses() {

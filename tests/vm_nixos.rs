@@ -26,22 +26,32 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Evaluate a builtins-only Nix expression to a string.
-fn nix_string(expr: &str) -> String {
-    let out = Command::new("nix-instantiate")
-        .args(["--option", "build-users-group", ""])
-        .args(["--eval", "--strict", "--json", "-E", expr])
+use common::nix::eval_string as nix_string;
+
+/// QEMU's `-virtfs` arguments for the store and xchg shares, as 9p-era qemu-vm.nix writes them.
+fn virtfs_args(store: &Path, xchg: &Path) -> Vec<String> {
+    [("nix-store", store), ("xchg", xchg)]
+        .iter()
+        .flat_map(|(tag, dir)| {
+            [
+                "-virtfs".to_string(),
+                format!(
+                    "local,path={},security_model=none,mount_tag={tag}",
+                    dir.display()
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// `program` as the driver's user, in `state`, with `args`; its output.
+fn run_as_driver(program: &Path, args: &[String], state: &Path) -> std::process::Output {
+    common::setpriv(DRIVER.0, DRIVER.1, program)
+        .args(args)
+        .current_dir(state)
+        .stdin(Stdio::null())
         .output()
-        .expect("nix-instantiate (apt package nix-bin; scripts/install-deps installs it)");
-    assert!(
-        out.status.success(),
-        "evaluating {expr}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match serde_json::from_slice(&out.stdout).unwrap() {
-        serde_json::Value::String(s) => s,
-        other => panic!("{expr} gave {other}"),
-    }
+        .unwrap()
 }
 
 /// An executable bash script `dir/name` with `body` (what the module puts after the shebang).
@@ -238,18 +248,7 @@ fn nixos_9p_era_wrapper_serves_an_overlaid_root_owned_store_unprivileged() {
         run_as: Some(DRIVER),
         env: Vec::new(),
     });
-    cfg.qemu_args.extend([
-        "-virtfs".into(),
-        format!(
-            "local,path={},security_model=none,mount_tag=nix-store",
-            store.display()
-        ),
-        "-virtfs".into(),
-        format!(
-            "local,path={},security_model=none,mount_tag=xchg",
-            xchg.display()
-        ),
-    ]);
+    cfg.qemu_args.extend(virtfs_args(&store, &xchg));
     let out = run_vm(&cfg);
     out.assert_ok(&OKS);
     // The daemons' messages went to QEMU's log: nothing above warn level was wrong.
@@ -298,17 +297,8 @@ fn qemu_fails_at_once(
     let state = dir.mkdir("state");
     chown(&state, Some(DRIVER.0), Some(DRIVER.1)).unwrap();
     let (prog, args) = program(&dir, &store, &xchg);
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={}", DRIVER.0))
-        .arg(format!("--regid={}", DRIVER.1))
-        .args(["--clear-groups", "--"])
-        .arg(&prog)
-        .arg("false")
-        .args(&args)
-        .current_dir(&state)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let argv: Vec<String> = std::iter::once("false".to_string()).chain(args).collect();
+    let out = run_as_driver(&prog, &argv, &state);
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the stand-in QEMU fails:\n{log}");
     assert_no_daemon_left(&state, &log);
@@ -331,19 +321,7 @@ fn qemu_fails_at_once(
 #[test]
 fn nixos_9p_era_a_qemu_that_never_connects_leaves_no_daemon() {
     qemu_fails_at_once("nixos_9p_fail", |dir, store, xchg| {
-        let args = vec![
-            "-virtfs".into(),
-            format!(
-                "local,path={},security_model=none,mount_tag=nix-store",
-                store.display()
-            ),
-            "-virtfs".into(),
-            format!(
-                "local,path={},security_model=none,mount_tag=xchg",
-                xchg.display()
-            ),
-        ];
-        (qemu_wrapper(dir.path()), args)
+        (qemu_wrapper(dir.path()), virtfs_args(store, xchg))
     });
 }
 
@@ -366,25 +344,9 @@ fn nixos_9p_era_a_daemon_that_cannot_start_stops_the_vm_and_the_other_daemons() 
     let state = dir.mkdir("state");
     chown(&state, Some(DRIVER.0), Some(DRIVER.1)).unwrap();
     let wrapper = qemu_wrapper(dir.path());
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={}", DRIVER.0))
-        .arg(format!("--regid={}", DRIVER.1))
-        .args(["--clear-groups", "--"])
-        .arg(&wrapper)
-        .arg("true")
-        .args([
-            "-virtfs",
-            &format!(
-                "local,path={},security_model=none,mount_tag=nix-store",
-                store.display()
-            ),
-            "-virtfs",
-            "local,path=/nonexistent/xchg,security_model=none,mount_tag=xchg",
-        ])
-        .current_dir(&state)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut argv = vec!["true".to_string()];
+    argv.extend(virtfs_args(&store, Path::new("/nonexistent/xchg")));
+    let out = run_as_driver(&wrapper, &argv, &state);
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("/nonexistent/xchg does not exist"), "{log}");

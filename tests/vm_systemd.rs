@@ -174,19 +174,7 @@ fn nix_share(share: &Path) -> String {
     )
 }
 
-fn nix_eval(expr: &str) -> serde_json::Value {
-    let out = Command::new("nix-instantiate")
-        .args(["--option", "build-users-group", ""])
-        .args(["--eval", "--strict", "--json", "-E", expr])
-        .output()
-        .expect("nix-instantiate (apt package nix-bin; scripts/install-deps installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::nix::eval_json as nix_eval;
 
 /// A booted systemd in a container, killed on drop.
 struct Container {

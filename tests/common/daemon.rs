@@ -151,15 +151,7 @@ impl DaemonSpec {
     fn command(&self) -> Command {
         let mut cmd = match self.run_as {
             None => Command::new(&self.program),
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={gid}"))
-                    .arg("--clear-groups")
-                    .arg("--")
-                    .arg(&self.program);
-                c
-            }
+            Some((uid, gid)) => super::setpriv(uid, gid, &self.program),
         };
         cmd.args(&self.args).envs(self.env.iter().cloned());
         cmd

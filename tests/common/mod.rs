@@ -35,6 +35,7 @@
 pub mod assets;
 pub mod cpio;
 pub mod daemon;
+pub mod nix;
 pub mod vm;
 
 use std::fmt::Display;
@@ -61,6 +62,16 @@ impl<T, E: Display> Context<T> for std::result::Result<T, E> {
     fn with_context<D: Display>(self, what: impl FnOnce() -> D) -> Result<T> {
         self.map_err(|e| format!("{}: {e}", what()))
     }
+}
+
+/// `program` run as (uid, gid) with no supplementary groups, through setpriv (util-linux).
+pub fn setpriv(uid: u32, gid: u32, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "--"])
+        .arg(program);
+    c
 }
 
 /// The vufsd binary cargo built for this test run.

@@ -548,14 +548,7 @@ impl Running {
             Some(l) => {
                 let mut c = match l.run_as {
                     None => Command::new(&l.program),
-                    Some((uid, gid)) => {
-                        let mut c = Command::new("setpriv");
-                        c.arg(format!("--reuid={uid}"))
-                            .arg(format!("--regid={gid}"))
-                            .args(["--clear-groups", "--"])
-                            .arg(&l.program);
-                        c
-                    }
+                    Some((uid, gid)) => super::setpriv(uid, gid, &l.program),
                 };
                 c.arg(qemu_binary())
                     .current_dir(&run.dir)
