@@ -116,6 +116,50 @@ impl DaemonProcess {
         }
     }
 
+    /// Stops the daemon with SIGSTOP and returns once every one of its threads is stopped.
+    ///
+    /// `kill(2)` returns before a multi-threaded process is stopped: the kernel wakes one
+    /// thread, which then stops the others. Until it runs, another thread (the vhost-user
+    /// control loop, say) can still take a message and answer it, so a test that sends
+    /// something right after `kill -STOP` races the group stop. Waiting for state `T` in every
+    /// `/proc/PID/task/TID/stat` closes that race.
+    pub fn freeze(&self, timeout: Duration) -> Result<()> {
+        self.signal(libc::SIGSTOP)?;
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if all_tasks_stopped(&tasks)? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("every thread of pid {} to stop", self.pid()),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Resumes a daemon stopped by [`freeze`](Self::freeze).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.pid())
+            .map_err(|_| Error::Config(format!("pid {} out of range", self.pid())))?;
+        // SAFETY: kill(2) takes plain integers; the pid is our own unreaped child, so it
+        // cannot name another process.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(Error::io(
+                format!("kill({pid}, {sig})"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Everything the daemon printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -130,6 +174,29 @@ impl Drop for DaemonProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// True when every thread under `/proc/PID/task` is stopped (state `T`) or gone.
+fn all_tasks_stopped(tasks: &Path) -> Result<bool> {
+    let rd = std::fs::read_dir(tasks)
+        .map_err(|e| Error::io(format!("readdir {}", tasks.display()), e))?;
+    for entry in rd.flatten() {
+        // A thread that exited between readdir and read has nothing left to race.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if task_state(&stat) != Some('T') {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The state letter of a `/proc/.../stat` line: the field after the `(comm)`, which may itself
+/// hold spaces and parentheses, so it is found from the last `)`.
+fn task_state(stat: &str) -> Option<char> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().next()?.chars().next()
 }
 
 /// Where upstream virtiofsd is: `$VIRTIOFSD`, `~/.cargo/bin/virtiofsd`, then `$PATH`.
@@ -177,5 +244,17 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_state;
+
+    #[test]
+    fn task_state_skips_a_comm_with_spaces_and_parentheses() {
+        assert_eq!(task_state("42 (vufsd) S 1 42"), Some('S'));
+        assert_eq!(task_state("42 (a) b) (c) T 1 42"), Some('T'));
+        assert_eq!(task_state("garbage"), None);
     }
 }

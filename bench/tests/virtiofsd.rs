@@ -263,14 +263,6 @@ fn raw_chains_and_misbehaving_requests() {
     );
 }
 
-fn signal(pid: u32, sig: &str) {
-    let st = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 #[test]
 fn stopped_daemon_times_out_then_recovers() {
     let Some(mut env) = start(|c| c.timeout = Duration::from_millis(700)) else {
@@ -278,12 +270,11 @@ fn stopped_daemon_times_out_then_recovers() {
     };
     let c = &env.client;
     c.init().unwrap();
-    let pid = env.daemon.pid();
-    signal(pid, "-STOP");
+    env.daemon.freeze(Duration::from_secs(10)).unwrap();
     let t0 = std::time::Instant::now();
     let r = c.getattr(FUSE_ROOT_ID);
     let waited = t0.elapsed();
-    signal(pid, "-CONT");
+    env.daemon.thaw().unwrap();
     assert!(r.as_ref().is_err_and(|e| e.is_timeout()), "{r:?}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     // The abandoned request completes after SIGCONT and is discarded; the queue works on. (A
@@ -306,9 +297,9 @@ fn stopped_daemon_times_out_then_recovers() {
 
     // A stopped daemon also stalls the control plane: the watchdog turns that into a
     // timeout instead of a hang (and the connection is dead afterwards).
-    signal(pid, "-STOP");
+    env.daemon.freeze(Duration::from_secs(10)).unwrap();
     let r = c.device().ping();
-    signal(pid, "-CONT");
+    env.daemon.thaw().unwrap();
     assert!(r.as_ref().is_err_and(|e| e.is_timeout()), "{r:?}");
 }
 
