@@ -101,6 +101,24 @@ impl From<NoatimeArg> for NoatimePolicy {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MigrationModeArg {
+    /// Find each inode by its path in the shared directory, checked to be the same inode.
+    FindPaths,
+    /// Open each inode by its file handle (the same filesystem on both sides; the destination
+    /// needs CAP_DAC_READ_SEARCH), by path where that fails. Moves unlinked open files too.
+    FileHandles,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MigrationOnErrorArg {
+    /// Fail the migration; the source VM goes on running.
+    Abort,
+    /// Migrate; the guest gets ESTALE (EBADF for open files) for the inodes that could not be
+    /// moved, and locks are left behind.
+    GuestError,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AclArg {
     /// No ACLs.
     Never,
@@ -257,6 +275,27 @@ pub struct Opt {
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub connect_timeout: u64,
 
+    /// Migration (QEMU >= 8.2, docs/migration.md): how the destination finds the inodes the
+    /// guest holds.
+    #[arg(long, value_enum, default_value = "find-paths", value_name = "MODE")]
+    pub migration_mode: MigrationModeArg,
+
+    /// Migration: what to do about an inode that cannot be found or confirmed on the
+    /// destination, or locks the guest holds on the source.
+    #[arg(long, value_enum, default_value = "abort", value_name = "ACTION")]
+    pub migration_on_error: MigrationOnErrorArg,
+
+    /// Migration: require every inode to be confirmed by its file handle (both daemons serve
+    /// the same directory on the same filesystem). Without it, handles (or inode numbers) are
+    /// compared wherever both sides have them.
+    #[arg(long)]
+    pub migration_verify_handles: bool,
+
+    /// Migration: have the source walk every path it sends, component by component, as the
+    /// destination will (each path is already checked with one stat).
+    #[arg(long)]
+    pub migration_confirm_paths: bool,
+
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
     pub log_level: LevelFilter,
@@ -298,6 +337,22 @@ impl Opt {
             modcaps: self.modcaps.unwrap_or_default(),
             rlimit_nofile: self.rlimit_nofile,
             file_handles: self.file_handles(),
+        }
+    }
+
+    pub fn migration_options(&self) -> crate::migration::Options {
+        use crate::migration::{Mode, OnError, Options};
+        Options {
+            mode: match self.migration_mode {
+                MigrationModeArg::FindPaths => Mode::FindPaths,
+                MigrationModeArg::FileHandles => Mode::FileHandles,
+            },
+            on_error: match self.migration_on_error {
+                MigrationOnErrorArg::Abort => OnError::Abort,
+                MigrationOnErrorArg::GuestError => OnError::GuestError,
+            },
+            verify_handles: self.migration_verify_handles,
+            confirm_paths: self.migration_confirm_paths,
         }
     }
 
@@ -513,6 +568,43 @@ mod tests {
         assert!(kept.contains(21) && !kept.contains(27));
         assert!(parse(&["--socket-path=s", "--shared-dir=d", "--modcaps=+nonsense"]).is_err());
         assert!(parse(&["--socket-path=s", "--shared-dir=d", "--seccomp=maybe"]).is_err());
+    }
+
+    #[test]
+    fn migration_options_take_virtiofsds_spellings() {
+        use crate::migration::{Mode, OnError};
+        let m = parse(&["--socket-path=s", "--shared-dir=d"])
+            .unwrap()
+            .migration_options();
+        assert_eq!((m.mode, m.on_error), (Mode::FindPaths, OnError::Abort));
+        assert!(!m.verify_handles && !m.confirm_paths);
+        let m = parse(&[
+            "--socket-path=s",
+            "--shared-dir=d",
+            "--migration-mode=file-handles",
+            "--migration-on-error=guest-error",
+            "--migration-verify-handles",
+            "--migration-confirm-paths",
+        ])
+        .unwrap()
+        .migration_options();
+        assert_eq!(
+            (m.mode, m.on_error),
+            (Mode::FileHandles, OnError::GuestError)
+        );
+        assert!(m.verify_handles && m.confirm_paths);
+        assert!(parse(&[
+            "--socket-path=s",
+            "--shared-dir=d",
+            "--migration-mode=by-magic"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "--socket-path=s",
+            "--shared-dir=d",
+            "--migration-on-error=shrug"
+        ])
+        .is_err());
     }
 
     #[test]

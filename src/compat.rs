@@ -20,9 +20,10 @@ use crate::sys;
 /// What `--print-capabilities` prints: the vhost-user backend description libvirt reads
 /// (QEMU's docs/interop/vhost-user.json). Only what vufsd really has: "separate-options" means
 /// it takes `--shared-dir`, `--cache`, ... as separate options (libvirt then stops using `-o`).
-/// "posix-acl-negotiation-mode" means `--posix-acl` takes never/auto/always. Not advertised:
-/// "migrate-precopy" (no migration) and "security-label-negotiation-mode" (no labels).
-pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"posix-acl-negotiation-mode\",\n    \"separate-options\"\n  ]\n}\n";
+/// "posix-acl-negotiation-mode" means `--posix-acl` takes never/auto/always; "migrate-precopy"
+/// that the device state moves with a (pre-copy) migration, so libvirt lets the VM migrate.
+/// Not advertised: "security-label-negotiation-mode" (no labels).
+pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"migrate-precopy\",\n    \"posix-acl-negotiation-mode\",\n    \"separate-options\"\n  ]\n}\n";
 
 /// Whether the command line asks for `--print-capabilities`. Answered before anything else is
 /// parsed, because libvirt runs `vufsd --print-capabilities` with no other option at all.
@@ -132,23 +133,6 @@ pub struct VirtiofsdArgs {
     /// Accepted with a warning: with --cache=never or metadata the guest cannot mmap files.
     #[arg(long)]
     pub allow_mmap: bool,
-
-    /// Accepted with a warning: vufsd does not support migration (QEMU keeps a VM with this
-    /// device from migrating).
-    #[arg(long, value_name = "MODE")]
-    pub migration_mode: Option<String>,
-
-    /// Accepted with a warning, as --migration-mode.
-    #[arg(long, value_name = "MODE")]
-    pub migration_on_error: Option<String>,
-
-    /// Accepted with a warning, as --migration-mode.
-    #[arg(long)]
-    pub migration_verify_handles: bool,
-
-    /// Accepted with a warning, as --migration-mode.
-    #[arg(long)]
-    pub migration_confirm_paths: bool,
 }
 
 /// virtiofsd options that are being implemented in vufsd right now (id mapping). Until they
@@ -374,17 +358,6 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
                 .into(),
         ));
     }
-    if v.migration_mode.is_some()
-        || v.migration_on_error.is_some()
-        || v.migration_verify_handles
-        || v.migration_confirm_paths
-    {
-        notes.push(Ignored(
-            "--migration-* options are ignored: vufsd does not support migration (QEMU keeps \
-             the VM from migrating)"
-                .into(),
-        ));
-    }
     notes
 }
 
@@ -498,7 +471,8 @@ mod tests {
         assert!(CAPABILITIES.contains("\"type\": \"fs\""));
         assert!(CAPABILITIES.contains("\"separate-options\""));
         assert!(CAPABILITIES.contains("\"posix-acl-negotiation-mode\""));
-        assert!(!CAPABILITIES.contains("migrate"));
+        assert!(CAPABILITIES.contains("\"migrate-precopy\""));
+        assert!(!CAPABILITIES.contains("security-label"));
         assert!(wants_capabilities(&os(&["vufsd", "--print-capabilities"])));
         assert!(!wants_capabilities(&os(&[
             "vufsd",

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostError, Listener};
 use vhost_user_backend::{Error as BackendError, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 
 use crate::cli::Opt;
-use crate::device::FsDevice;
+use crate::device::{FsDevice, GuestRam};
 use crate::fs::Passthrough;
 use crate::lifeline::{self, Parent};
 use crate::protocol::Dispatcher;
@@ -529,14 +529,18 @@ fn serve(
     // Before the first thread (the pool's, the signal thread): every thread inherits the filter.
     sandbox::restrict_syscalls(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let device = Arc::new(
-        FsDevice::new(Dispatcher::new(fs), opt.thread_pool_size)
-            .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
+        FsDevice::new(
+            Dispatcher::new(fs),
+            opt.thread_pool_size,
+            opt.migration_options(),
+        )
+        .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
     );
     spawn_signal_thread(device.dispatcher().clone(), socket_file.clone(), parent)?;
     let mut daemon = VhostUserDaemon::new(
         "vufsd".to_string(),
         device.clone(),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        GuestMemoryAtomic::new(GuestRam::new()),
     )
     .map_err(|e| {
         DaemonError::Setup(

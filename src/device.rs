@@ -6,12 +6,17 @@
 //! parallel. With `--thread-pool-size N` a queue's requests are additionally spread over a pool
 //! of N threads, so that one slow request does not hold up the ones behind it.
 
+use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use log::{debug, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringState, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
@@ -24,10 +29,15 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::migration::{self, Transfer};
 use crate::pool::ThreadPool;
 use crate::protocol::Dispatcher;
 
-pub type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+/// Guest memory with a dirty-page bitmap: during a live migration, QEMU gives us a log
+/// (SET_LOG_BASE) and every page we write (replies, the used ring) is marked in it, so that
+/// QEMU sends it again.
+pub type GuestRam = GuestMemoryMmap<BitmapMmapRegion>;
+pub type Memory = GuestMemoryAtomic<GuestRam>;
 type Vring = VringMutex<Memory>;
 
 /// Request queues offered to the frontend (QEMU's `num-request-queues` may be 1..=this).
@@ -47,6 +57,10 @@ pub struct FsDevice {
     regions_seen: AtomicUsize,
     /// Requests currently waiting on a thread of their own (lock waits).
     blocking: Arc<AtomicUsize>,
+    /// Requests handed to the thread pool and not answered yet.
+    in_pool: Arc<AtomicUsize>,
+    migration: migration::Options,
+    transfer: Transfer,
 }
 
 /// At most this many requests may wait at once (each holds a thread); more get ENOLCK, so a
@@ -54,7 +68,11 @@ pub struct FsDevice {
 const MAX_BLOCKING: usize = 256;
 
 impl FsDevice {
-    pub fn new(dispatcher: Dispatcher, thread_pool_size: usize) -> io::Result<Self> {
+    pub fn new(
+        dispatcher: Dispatcher,
+        thread_pool_size: usize,
+        migration: migration::Options,
+    ) -> io::Result<Self> {
         let pool = match thread_pool_size {
             0 => None,
             n => Some(ThreadPool::new(n)?),
@@ -66,6 +84,9 @@ impl FsDevice {
             pool,
             regions_seen: AtomicUsize::new(0),
             blocking: Arc::new(AtomicUsize::new(0)),
+            in_pool: Arc::new(AtomicUsize::new(0)),
+            migration,
+            transfer: Transfer::default(),
         })
     }
 
@@ -146,11 +167,14 @@ impl FsDevice {
                     let dispatcher = self.dispatcher.clone();
                     let atomic = atomic.clone();
                     let vring = vring.clone();
+                    let in_pool = self.in_pool.clone();
+                    in_pool.fetch_add(1, Ordering::AcqRel);
                     pool.execute(move || {
                         let mem = atomic.memory();
                         let chain = chain;
                         let len = dispatcher.handle_chain(&*mem, chain);
                         Self::complete(&mut vring.get_mut(), head, len, event_idx);
+                        in_pool.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
             }
@@ -169,7 +193,7 @@ impl FsDevice {
         &self,
         atomic: &Memory,
         vring: &Vring,
-        chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>>,
+        chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestRam>>,
         event_idx: bool,
     ) {
         let head = chain.head_index();
@@ -204,8 +228,35 @@ impl FsDevice {
     }
 }
 
+impl FsDevice {
+    /// Before the state leaves: every request taken from the queues must have been answered,
+    /// or its reply would be written after QEMU stopped looking. A request waiting for a lock
+    /// never will be: that refuses the migration (the source goes on).
+    fn quiesce(&self) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting = self.blocking.load(Ordering::Acquire);
+            if waiting > 0 {
+                return Err(io::Error::other(format!(
+                    "{waiting} guest request(s) are waiting for a lock; a waiting request cannot                      move to another daemon: migration refused, the source VM goes on"
+                )));
+            }
+            if self.in_pool.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::other(
+                    "requests were still being served 10 s after the device stopped: migration \
+                     refused",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
 impl VhostUserBackend for FsDevice {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -221,12 +272,48 @@ impl VhostUserBackend for FsDevice {
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            // Dirty-page logging: without it QEMU refuses to migrate the VM at all.
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::DEVICE_STATE
+    }
+
+    /// QEMU stopped the device and gives us a pipe for the state: the source writes its state
+    /// into it, the destination reads it (see `crate::migration`).
+    fn set_device_state_fd(
+        &self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: File,
+    ) -> io::Result<Option<File>> {
+        if phase != VhostTransferStatePhase::STOPPED {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "vufsd transfers its state only while the device is stopped",
+            ));
+        }
+        let direction = match direction {
+            VhostTransferStateDirection::SAVE => {
+                self.quiesce()?;
+                migration::Direction::Save
+            }
+            VhostTransferStateDirection::LOAD => migration::Direction::Load,
+        };
+        let fs = self.dispatcher.fs().clone();
+        self.transfer.start(direction, file, fs, self.migration)?;
+        Ok(None)
+    }
+
+    /// How the transfer went: an error here fails the migration, and QEMU keeps the VM on the
+    /// source.
+    fn check_device_state(&self) -> io::Result<()> {
+        self.transfer.finish()
     }
 
     fn set_event_idx(&self, enabled: bool) {

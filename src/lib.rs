@@ -4,7 +4,8 @@
 //! (one descriptor chain, one FUSE request) → [`fs`] (the passthrough filesystem) → host
 //! syscalls in [`sys`]. [`daemon`] owns the process's life (with [`systemd`] for socket
 //! activation and readiness, [`lifeline`] for what else ends it) and [`cli`] its options ([`compat`] for virtiofsd's spellings);
-//! [`sandbox`] confines the process before the guest can talk to it.
+//! [`sandbox`] confines the process before the guest can talk to it; [`migration`] moves the
+//! device state to another daemon when QEMU migrates or saves the VM.
 
 pub mod cli;
 pub mod compat;
@@ -13,6 +14,7 @@ pub mod device;
 pub mod fs;
 pub mod lifeline;
 pub mod logger;
+pub mod migration;
 mod pool;
 pub mod protocol;
 pub mod sandbox;

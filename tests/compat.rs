@@ -361,13 +361,16 @@ const CASES: &[Case] = &[
         Refuse(&["--security-label"]),
     ),
     case(
-        "--migration-mode",
+        "--migration-* (virtiofsd's spellings, implemented)",
         &[
             "--socket-path={sock}",
             "--shared-dir={share}",
-            "--migration-mode=find-paths",
+            "--migration-mode=file-handles",
+            "--migration-on-error=guest-error",
+            "--migration-verify-handles",
+            "--migration-confirm-paths",
         ],
-        Accept(&["--migration-*"]),
+        Accept(&[]),
     ),
 ];
 
@@ -633,7 +636,11 @@ fn print_capabilities_is_what_libvirt_reads() {
     assert_eq!(caps["type"], "fs");
     assert_eq!(
         caps["features"],
-        serde_json::json!(["posix-acl-negotiation-mode", "separate-options"])
+        serde_json::json!([
+            "migrate-precopy",
+            "posix-acl-negotiation-mode",
+            "separate-options"
+        ])
     );
     assert!(out.stderr.is_empty());
 }

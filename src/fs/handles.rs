@@ -86,6 +86,37 @@ impl HandleStore {
         }
     }
 
+    /// Every open handle, for a migration's state.
+    pub fn entries(&self) -> Vec<(u64, Arc<HandleData>)> {
+        self.map
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The id the next handle gets.
+    pub fn next_id(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Go on numbering after `next`.
+    pub fn continue_ids_from(&self, next: u64) {
+        self.next.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// Put back a handle a migration brought over, under the id the guest knows. 0 and ids in
+    /// use are refused.
+    pub fn restore(&self, id: u64, data: HandleData) -> io::Result<()> {
+        let mut map = self.map.write().map_err(|_| ebadf())?;
+        if id == 0 || map.contains_key(&id) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        map.insert(id, Arc::new(data));
+        drop(map);
+        self.continue_ids_from(id.saturating_add(1));
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)
     }

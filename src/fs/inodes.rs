@@ -73,6 +73,13 @@ enum Held {
     Fd(OwnedFd),
     /// A file handle, and an fd on the same mount to open it with.
     Handle(FileHandle, Arc<OwnedFd>),
+    /// Nothing: a migration could not find this inode on the destination
+    /// (`--migration-on-error=guest-error`). The guest gets ESTALE for it until it forgets it.
+    Lost,
+}
+
+fn estale() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESTALE)
 }
 
 /// An fd for an inode: borrowed from the table, or opened from its handle for this one use.
@@ -119,6 +126,7 @@ impl InodeData {
             Held::Handle(handle, mount) => {
                 sys::open_by_handle(mount.as_fd(), handle, libc::O_PATH).map(InodeFd::Owned)
             }
+            Held::Lost => Err(estale()),
         }
     }
 
@@ -129,12 +137,28 @@ impl InodeData {
         match &self.held {
             Held::Fd(fd) => sys::openat(proc_self_fd, &sys::fd_name(fd.as_raw_fd()), flags, 0),
             Held::Handle(handle, mount) => sys::open_by_handle(mount.as_fd(), handle, flags),
+            Held::Lost => Err(estale()),
         }
     }
 
     /// Whether the inode is held by a file handle rather than an fd.
     pub fn by_handle(&self) -> bool {
         matches!(self.held, Held::Handle(..))
+    }
+
+    /// Whether the table holds an O_PATH fd for it (what the fd budget counts).
+    fn holds_fd(&self) -> bool {
+        matches!(self.held, Held::Fd(_))
+    }
+
+    /// Whether a migration lost this inode (see [`Held::Lost`]).
+    pub fn is_lost(&self) -> bool {
+        matches!(self.held, Held::Lost)
+    }
+
+    /// Lookups the guest has not forgotten.
+    pub fn refcount(&self) -> u64 {
+        self.refcount.load(Ordering::Relaxed)
     }
 
     pub fn owner(&self) -> u32 {
@@ -394,11 +418,73 @@ impl InodeStore {
                     tables.by_name.remove(&name);
                 }
             }
-            if !inode.by_handle() {
+            if inode.holds_fd() {
                 self.fds_held.fetch_sub(1, Ordering::Relaxed);
             }
         }
         true
+    }
+
+    /// Every inode but the root, for a migration's state.
+    pub fn entries(&self) -> Vec<Arc<InodeData>> {
+        self.tables
+            .read()
+            .map(|t| {
+                t.by_id
+                    .values()
+                    .filter(|i| i.id != ROOT_ID)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The node id the next new inode gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    /// Go on numbering after `next` (never below what was handed out already).
+    pub fn continue_ids_from(&self, next: u64) {
+        self.next_id.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// Put back an inode a migration brought over, with the node id and lookup count the guest
+    /// knows it by: held by `found` (an O_PATH fd and its stat), or lost when None. A node id
+    /// already in use, or the root's, is refused: the stream would be lying.
+    pub fn restore(
+        &self,
+        id: u64,
+        refcount: u64,
+        file_type: u32,
+        found: Option<(OwnedFd, &Stat)>,
+    ) -> io::Result<Arc<InodeData>> {
+        let mut tables = self.tables.write().map_err(|_| ebadf())?;
+        if id == ROOT_ID || id == 0 || tables.by_id.contains_key(&id) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let (held, key, owner) = match found {
+            Some((fd, st)) => (self.hold(fd, st), InodeKey::of(st), st.st_uid),
+            // Never in `by_key`: no lookup can lead to a lost inode.
+            None => (Held::Lost, InodeKey { dev: 0, ino: 0 }, 0),
+        };
+        let data = Arc::new(InodeData {
+            id,
+            key,
+            held,
+            file_type,
+            owner: AtomicU32::new(owner),
+            refcount: AtomicU64::new(refcount.max(1)),
+            name: None,
+        });
+        // Two node ids for one host inode (a hard link the source had not matched): lookups
+        // find the first.
+        if !data.is_lost() {
+            tables.by_key.entry(key).or_insert(id);
+        }
+        tables.by_id.insert(id, data.clone());
+        self.continue_ids_from(id.saturating_add(1));
+        Ok(data)
     }
 
     /// Number of inodes held (the root included).

@@ -162,6 +162,27 @@ impl Passthrough {
         }
     }
 
+    /// How many host open files hold a lock for the guest now: the POSIX lock owners' files and
+    /// the handles with a flock(2) lock. Locks live on open files, which cannot move to another
+    /// daemon, so a migration has to know (see `migrate`).
+    pub(super) fn files_holding_locks(&self) -> usize {
+        let proc_fd = self.proc_self_fd.as_fd();
+        let holds = |fd: std::os::fd::RawFd| sys::fd_holds_locks(proc_fd, fd).unwrap_or(false);
+        let posix = self.locks.files.lock().map_or(0, |files| {
+            files
+                .values()
+                .filter(|f| holds(std::os::fd::AsRawFd::as_raw_fd(&***f)))
+                .count()
+        });
+        let flock = self
+            .handles
+            .entries()
+            .iter()
+            .filter(|(_, h)| holds(std::os::fd::AsRawFd::as_raw_fd(&h.fd())))
+            .count();
+        posix + flock
+    }
+
     /// A node is gone from the guest: no owner can hold locks on it any more.
     pub(super) fn forget_locks(&self, inode: u64) {
         if let Ok(mut files) = self.locks.files.lock() {

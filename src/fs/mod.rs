@@ -27,6 +27,7 @@ mod handles;
 pub mod idmap;
 pub mod inodes;
 mod locks;
+mod migrate;
 mod open;
 pub mod open_flags;
 mod xattr;

@@ -8,6 +8,8 @@
 #   vufs_mount=0|1     mount the share at /mnt before the script (default 1)
 #   vufs_mntopts=OPTS  virtio-fs mount options, comma separated (default none)
 #   vufs_probe=1       accelerator probe: report VUFS-PROBE-OK and power off
+#   vufs_9p=0          no 9p shares (a VM that migrates cannot have any): the
+#                      script is /test/script.sh in the initramfs, /host is absent
 # 9p shares from the host: `hostroot` (the host's /, read-only) and `testdir`
 # (this run's io/ directory, read-write, holding script.sh).
 # Test output goes to the second serial port (ttyS1); the kernel console
@@ -42,11 +44,13 @@ die() {
 VUFS_TAG=
 VUFS_MOUNT=1
 VUFS_MNTOPTS=
+VUFS_9P=1
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
     vufs_tag=*) VUFS_TAG=${arg#vufs_tag=} ;;
     vufs_mount=*) VUFS_MOUNT=${arg#vufs_mount=} ;;
     vufs_mntopts=*) VUFS_MNTOPTS=${arg#vufs_mntopts=} ;;
+    vufs_9p=*) VUFS_9P=${arg#vufs_9p=} ;;
     vufs_probe=1)
         say "VUFS-PROBE-OK"
         poweroff -f
@@ -63,34 +67,43 @@ while read -r mod; do
     insmod "/lib/modules/$mod" || die "insmod $mod"
 done </lib/modules/modules.order
 
-# cache=loose suits a tree nobody changes during the test, and makes running
-# host tools much faster than the default cache=none.
-mkdir -p /.hostro /.hostrw /host /test /mnt
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /.hostro ||
-    die "mount 9p hostroot"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 testdir /test || die "mount 9p testdir"
+# The host's root at /host and this run's io/ at /test, over 9p.
+host_views() {
+    # cache=loose suits a tree nobody changes during the test, and makes running
+    # host tools much faster than the default cache=none.
+    mkdir -p /.hostro /.hostrw /host /test /mnt
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /.hostro ||
+        die "mount 9p hostroot"
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 testdir /test || die "mount 9p testdir"
 
-# /host = overlay(host root, tmpfs). A read-only 9p tree cannot have mount
-# points added to it; the tmpfs upper layer makes the view writable, so
-# /proc, /dev, /tmp, /mnt... can be mounted over and `chroot /host` works.
-mount -t tmpfs -o mode=755 tmpfs /.hostrw
-mkdir -p /.hostrw/upper /.hostrw/work
-mount -t overlay -o lowerdir=/.hostro,upperdir=/.hostrw/upper,workdir=/.hostrw/work overlay /host ||
-    die "mount overlay /host"
-for d in proc sys dev; do
-    mount --rbind /$d /host/$d || die "bind /$d into /host"
-done
-mount -t tmpfs -o mode=1777 tmpfs /host/tmp
-mount -t tmpfs -o mode=755 tmpfs /host/run
-mkdir -p /host/mnt /host/test
-mount --bind /test /host/test || die "bind /test into /host"
+    # /host = overlay(host root, tmpfs). A read-only 9p tree cannot have mount
+    # points added to it; the tmpfs upper layer makes the view writable, so
+    # /proc, /dev, /tmp, /mnt... can be mounted over and `chroot /host` works.
+    mount -t tmpfs -o mode=755 tmpfs /.hostrw
+    mkdir -p /.hostrw/upper /.hostrw/work
+    mount -t overlay -o lowerdir=/.hostro,upperdir=/.hostrw/upper,workdir=/.hostrw/work overlay /host ||
+        die "mount overlay /host"
+    for d in proc sys dev; do
+        mount --rbind /$d /host/$d || die "bind /$d into /host"
+    done
+    mount -t tmpfs -o mode=1777 tmpfs /host/tmp
+    mount -t tmpfs -o mode=755 tmpfs /host/run
+    mkdir -p /host/mnt /host/test
+    mount --bind /test /host/test || die "bind /test into /host"
 
-# /mnt and /host/mnt are peers of one shared mount: whatever is mounted or
-# unmounted on one (e.g. `mount -t virtiofs $VUFS_TAG /mnt`, `umount /mnt`)
-# shows up on the other, so the share has the same path in both views.
-mount -t tmpfs -o size=4k,mode=755 vufs-mnt /mnt || die "tmpfs /mnt"
-mount --make-shared /mnt || die "make-shared /mnt"
-mount --bind /mnt /host/mnt || die "bind /mnt into /host"
+    # /mnt and /host/mnt are peers of one shared mount: whatever is mounted or
+    # unmounted on one (e.g. `mount -t virtiofs $VUFS_TAG /mnt`, `umount /mnt`)
+    # shows up on the other, so the share has the same path in both views.
+    mount -t tmpfs -o size=4k,mode=755 vufs-mnt /mnt || die "tmpfs /mnt"
+    mount --make-shared /mnt || die "make-shared /mnt"
+    mount --bind /mnt /host/mnt || die "bind /mnt into /host"
+}
+
+if [ "$VUFS_9P" = 1 ]; then
+    host_views
+else
+    mkdir -p /test /mnt
+fi
 
 . /lib/vufs.sh
 

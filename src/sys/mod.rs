@@ -9,6 +9,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+mod file_handle;
+
 use fuse_backend_rs::file_buf::FileVolatileSlice;
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 
@@ -444,6 +446,26 @@ pub fn fd_name(fd: RawFd) -> CString {
     CString::new(fd.to_string()).unwrap_or_default()
 }
 
+/// Whether the open file description behind `fd` holds any POSIX (OFD) or flock(2) lock. The
+/// kernel lists exactly those locks as `lock:` lines of `/proc/self/fdinfo/N`, reached here
+/// from the `/proc/self/fd` directory `proc_self_fd` (inside a sandbox `/proc` has no path).
+pub fn fd_holds_locks(proc_self_fd: BorrowedFd<'_>, fd: RawFd) -> io::Result<bool> {
+    let name = CString::new(format!("../fdinfo/{fd}"))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // Plain read(2)s: the seccomp filter has no pread64 or statx for this.
+    let mut info = std::fs::File::from(openat(proc_self_fd, &name, libc::O_RDONLY, 0)?);
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = std::io::Read::read(&mut info, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    Ok(text.split(|b| *b == b'\n').any(|l| l.starts_with(b"lock:")))
+}
+
 /// A path for the path-based xattr calls, which have no `*at` form: `N`, resolved against the
 /// working directory, which `fs::Passthrough` sets to `/proc/self/fd` (an absolute
 /// `/proc/self/fd/N` would not exist inside a chroot or namespace sandbox).
@@ -661,93 +683,7 @@ pub fn group_id(name: &str) -> io::Result<Option<u32>> {
     }
 }
 
-// --- file handles ------------------------------------------------------------------------------
-
-/// MAX_HANDLE_SZ from linux/fcntl.h.
-const MAX_HANDLE_SZ: usize = 128;
-
-/// A file handle from name_to_handle_at(2): names an inode on its filesystem without an open
-/// fd. Opening it again needs CAP_DAC_READ_SEARCH and an fd on the same mount.
-#[derive(Clone)]
-pub struct FileHandle {
-    handle_type: i32,
-    bytes: Vec<u8>,
-}
-
-impl std::fmt::Debug for FileHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "FileHandle(type {}, {} bytes)",
-            self.handle_type,
-            self.bytes.len()
-        )
-    }
-}
-
-/// struct file_handle with room for the largest handle.
-#[repr(C)]
-struct RawFileHandle {
-    handle_bytes: u32,
-    handle_type: i32,
-    f_handle: [u8; MAX_HANDLE_SZ],
-}
-
-/// The handle of the inode `fd` refers to (O_PATH fds included), and its mount id.
-pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, i32)> {
-    let mut raw = RawFileHandle {
-        handle_bytes: MAX_HANDLE_SZ as u32,
-        handle_type: 0,
-        f_handle: [0; MAX_HANDLE_SZ],
-    };
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: `raw` is a file_handle with handle_bytes set to the room it has; the kernel
-    // writes at most that much, plus the mount id into `mount_id`.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_name_to_handle_at,
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            &mut raw as *mut RawFileHandle,
-            &mut mount_id as *mut libc::c_int,
-            libc::AT_EMPTY_PATH,
-        ) as libc::c_int
-    })?;
-    let len = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
-    Ok((
-        FileHandle {
-            handle_type: raw.handle_type,
-            bytes: raw.f_handle[..len].to_vec(),
-        },
-        mount_id,
-    ))
-}
-
-/// open_by_handle_at(2): open the inode `handle` names, on the mount `mount_fd` is on.
-pub fn open_by_handle(
-    mount_fd: BorrowedFd<'_>,
-    handle: &FileHandle,
-    flags: i32,
-) -> io::Result<OwnedFd> {
-    let mut raw = RawFileHandle {
-        handle_bytes: handle.bytes.len() as u32,
-        handle_type: handle.handle_type,
-        f_handle: [0; MAX_HANDLE_SZ],
-    };
-    raw.f_handle[..handle.bytes.len()].copy_from_slice(&handle.bytes);
-    // SAFETY: `raw` is a valid file_handle of handle_bytes bytes; the returned fd is checked
-    // and then owned by exactly one OwnedFd.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_open_by_handle_at,
-            mount_fd.as_raw_fd(),
-            &mut raw as *mut RawFileHandle,
-            flags | libc::O_CLOEXEC,
-        ) as libc::c_int
-    })?;
-    // SAFETY: just returned by the kernel, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
+pub use file_handle::{name_to_handle, open_by_handle, FileHandle};
 
 /// The soft RLIMIT_NOFILE.
 pub fn nofile_limit() -> u64 {
@@ -760,26 +696,5 @@ pub fn nofile_limit() -> u64 {
         lim.rlim_cur
     } else {
         1024
-    }
-}
-
-#[cfg(test)]
-mod handle_tests {
-    use super::*;
-    use std::os::fd::AsFd;
-
-    #[test]
-    fn handles_round_trip() {
-        let dir = std::env::temp_dir();
-        let path = dir.join(format!("vufsd-handle-{}", std::process::id()));
-        std::fs::write(&path, b"x").unwrap();
-        let top = std::fs::File::open(&dir).unwrap();
-        let name = CString::new(path.file_name().unwrap().as_encoded_bytes()).unwrap();
-        let fd = openat(top.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap();
-        let (h, _mnt) = name_to_handle(fd.as_fd()).unwrap();
-        let again = open_by_handle(top.as_fd(), &h, libc::O_PATH);
-        let st = again.and_then(|f| stat_fd(f.as_fd()));
-        std::fs::remove_file(&path).unwrap();
-        assert!(st.is_ok(), "{st:?}");
     }
 }
