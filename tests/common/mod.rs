@@ -35,6 +35,7 @@
 pub mod assets;
 pub mod cpio;
 pub mod daemon;
+pub mod migrate;
 pub mod nix;
 pub mod vm;
 

@@ -397,7 +397,7 @@ fn qemu_args(assets: &Assets, accel: Accel, cfg: &VmConfig, run: &RunDir) -> Vec
 
 /// `console=ttyS0`: kernel log on the first serial port; `panic=-1` with
 /// QEMU's `-no-reboot` turns a guest panic into a QEMU exit.
-fn base_cmdline() -> Vec<String> {
+pub(super) fn base_cmdline() -> Vec<String> {
     ["console=ttyS0", "rdinit=/init", "panic=-1"]
         .map(String::from)
         .to_vec()
@@ -405,7 +405,7 @@ fn base_cmdline() -> Vec<String> {
 
 /// Machine, accelerator, CPUs, memory and kernel. `-nodefaults` drops the
 /// default NIC (and its slow PXE option ROM), VGA and monitor.
-fn machine_args(
+pub(super) fn machine_args(
     assets: &Assets,
     accel: Accel,
     mem_mib: u32,
@@ -462,7 +462,7 @@ fn fs_args(fs: &FsDevice) -> Vec<String> {
 }
 
 /// ttyS0 (kernel console) and ttyS1 (test output) to files of their own.
-fn serial_args(dir: &Path) -> Vec<String> {
+pub(super) fn serial_args(dir: &Path) -> Vec<String> {
     vec![
         "-chardev".into(),
         format!("file,id=con,path={}", escape(&dir.join("console.log"))),
@@ -476,7 +476,7 @@ fn serial_args(dir: &Path) -> Vec<String> {
 }
 
 /// A path inside a QEMU option value: commas are doubled.
-fn escape(p: &Path) -> String {
+pub(super) fn escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
@@ -673,12 +673,12 @@ fn read_lossy(p: &Path) -> String {
 /// under `$TMPDIR/vufsd-vm-slots/`, shared by every checkout on the machine
 /// (they compete for the same CPUs); flock locks belong to an open file
 /// description, so two threads of one process exclude each other too.
-struct VmSlot {
+pub struct VmSlot {
     _file: File,
 }
 
 impl VmSlot {
-    fn acquire() -> Result<VmSlot> {
+    pub(super) fn acquire() -> Result<VmSlot> {
         let dir = std::env::temp_dir().join("vufsd-vm-slots");
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let slots = max_parallel_vms();
