@@ -61,6 +61,8 @@ pub struct FsDevice {
     in_pool: Arc<AtomicUsize>,
     migration: migration::Options,
     transfer: Transfer,
+    /// Collects the migration state's paths while QEMU copies the guest's RAM.
+    prep: migration::Preparation,
 }
 
 /// At most this many requests may wait at once (each holds a thread); more get ENOLCK, so a
@@ -87,6 +89,7 @@ impl FsDevice {
             in_pool: Arc::new(AtomicUsize::new(0)),
             migration,
             transfer: Transfer::default(),
+            prep: migration::Preparation::default(),
         })
     }
 
@@ -301,6 +304,8 @@ impl VhostUserBackend for FsDevice {
         let direction = match direction {
             VhostTransferStateDirection::SAVE => {
                 self.quiesce()?;
+                // What was prepared so far is used; the rest is collected now.
+                self.prep.finish();
                 migration::Direction::Save
             }
             VhostTransferStateDirection::LOAD => migration::Direction::Load,
@@ -314,6 +319,18 @@ impl VhostUserBackend for FsDevice {
     /// source.
     fn check_device_state(&self) -> io::Result<()> {
         self.transfer.finish()
+    }
+
+    /// VHOST_F_LOG_ALL set means a migration has started (QEMU logs dirty pages while it copies
+    /// the guest's RAM): prepare the state meanwhile. Cleared, the migration was cancelled.
+    fn acked_features(&self, features: u64) {
+        let log_all = features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
+        let fs = self.dispatcher.fs();
+        if log_all {
+            self.prep.start(fs.clone());
+        } else {
+            self.prep.cancel(fs);
+        }
     }
 
     fn set_event_idx(&self, enabled: bool) {

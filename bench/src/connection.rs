@@ -14,7 +14,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserHeaderFlag,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
@@ -29,6 +31,8 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// `VHOST_F_LOG_ALL`: the frontend logs dirty pages (a migration is on).
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// What we ask for during feature negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,8 @@ pub struct FeatureRequest {
     pub indirect_desc: bool,
     /// Use ADD_MEM_REG when CONFIGURE_MEM_SLOTS is offered (QEMU does); else SET_MEM_TABLE.
     pub mem_slots: bool,
+    /// Ack DEVICE_STATE (and LOG_SHMFD, LOG_ALL's companion) when offered, for migration.
+    pub device_state: bool,
 }
 
 impl Default for FeatureRequest {
@@ -47,6 +53,7 @@ impl Default for FeatureRequest {
             event_idx: true,
             indirect_desc: true,
             mem_slots: true,
+            device_state: false,
         }
     }
 }
@@ -234,6 +241,9 @@ impl Connection {
             if want.mem_slots {
                 wanted |= VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
             }
+            if want.device_state {
+                wanted |= VhostUserProtocolFeatures::DEVICE_STATE;
+            }
             let acked = offered & wanted;
             self.call("SET_PROTOCOL_FEATURES", |f| f.set_protocol_features(acked))?;
             n.acked_protocol_features = acked.bits();
@@ -264,6 +274,62 @@ impl Connection {
     pub fn set_features(&mut self) -> Result<()> {
         let ack = self.negotiated.acked_features;
         self.call("SET_FEATURES", |f| f.set_features(ack))
+    }
+
+    /// SET_FEATURES with VHOST_F_LOG_ALL added (or removed): what QEMU sends when a migration
+    /// starts (or is cancelled). The daemon must have offered it.
+    pub fn set_log_all(&mut self, on: bool) -> Result<()> {
+        if self.negotiated.device_features & VHOST_F_LOG_ALL == 0 {
+            return Err(Error::Config(
+                "the daemon does not offer VHOST_F_LOG_ALL".into(),
+            ));
+        }
+        let mut ack = self.negotiated.acked_features & !VHOST_F_LOG_ALL;
+        if on {
+            ack |= VHOST_F_LOG_ALL;
+        }
+        self.call("SET_FEATURES (LOG_ALL)", |f| f.set_features(ack))
+    }
+
+    /// A stopped device's state, as QEMU's `vhost_save_backend_state` reads it: SET_DEVICE_STATE_FD
+    /// (save) with a pipe, everything until EOF, then CHECK_DEVICE_STATE.
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        let (mut rx, tx) = std::io::pipe().map_err(|e| Error::io("pipe", e))?;
+        let back = self.call("SET_DEVICE_STATE_FD (save)", |f| {
+            f.set_device_state_fd(
+                VhostTransferStateDirection::SAVE,
+                VhostTransferStatePhase::STOPPED,
+                OwnedFd::from(tx),
+            )
+        })?;
+        let mut state = Vec::new();
+        match back {
+            // The daemon may answer with a pipe end of its own to read from instead.
+            Some(mut f) => std::io::Read::read_to_end(&mut f, &mut state),
+            None => std::io::Read::read_to_end(&mut rx, &mut state),
+        }
+        .map_err(|e| Error::io("reading the device state", e))?;
+        self.call("CHECK_DEVICE_STATE", |f| f.check_device_state())?;
+        Ok(state)
+    }
+
+    /// Hand a saved state to a daemon, as QEMU's `vhost_load_backend_state` does.
+    pub fn load_state(&mut self, state: &[u8]) -> Result<()> {
+        let (rx, mut tx) = std::io::pipe().map_err(|e| Error::io("pipe", e))?;
+        let back = self.call("SET_DEVICE_STATE_FD (load)", |f| {
+            f.set_device_state_fd(
+                VhostTransferStateDirection::LOAD,
+                VhostTransferStatePhase::STOPPED,
+                OwnedFd::from(rx),
+            )
+        })?;
+        let written = match back {
+            Some(mut f) => std::io::Write::write_all(&mut f, state),
+            None => std::io::Write::write_all(&mut tx, state),
+        };
+        drop(tx);
+        written.map_err(|e| Error::io("writing the device state", e))?;
+        self.call("CHECK_DEVICE_STATE", |f| f.check_device_state())
     }
 
     /// Hands the guest memory region to the daemon: ADD_MEM_REG if CONFIGURE_MEM_SLOTS was

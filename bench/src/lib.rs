@@ -12,7 +12,8 @@
 //!   operations.
 //! - [`client`] (blocking) and [`pipeline`] (many requests in flight per queue).
 //! - [`daemon`]: spawning a daemon under test; [`procstat`]: its resource use; [`stats`],
-//!   [`workload`], [`floor`], [`prepare`]: the benchmark.
+//!   [`workload`], [`floor`], [`prepare`]: the benchmark; [`state_transfer`]: a migration's
+//!   device-state hand-over, measured.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -42,6 +43,7 @@ pub mod pipeline;
 pub mod prepare;
 pub mod procstat;
 pub mod queue;
+pub mod state_transfer;
 pub mod stats;
 pub mod virtqueue;
 pub mod workload;

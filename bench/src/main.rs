@@ -102,6 +102,27 @@ enum Cmd {
         /// Directory to fill (usually the daemon's shared directory or a subdirectory).
         dir: PathBuf,
     },
+    /// Measure a migration's device-state hand-over: start PROGRAM on DIR/shared, look up N
+    /// inodes, stop the device and read its state as QEMU does, load it into a second PROGRAM;
+    /// one JSON line per measurement.
+    StateTransfer {
+        /// The daemon binary (vufsd, or upstream virtiofsd with --virtiofsd).
+        program: PathBuf,
+        /// Scratch directory (the tree is created under DIR/shared once and reused).
+        dir: PathBuf,
+        /// The daemon is upstream virtiofsd (started with --sandbox none).
+        #[arg(long)]
+        virtiofsd: bool,
+        /// Inodes to hold, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
+        inodes: Vec<usize>,
+        /// Seconds between VHOST_F_LOG_ALL and the device stop (QEMU's RAM copy).
+        #[arg(long, default_value_t = 2.0)]
+        precopy: f64,
+        /// Measurements per size.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 fn workloads(spec: &str) -> Result<Vec<Workload>, String> {
@@ -135,6 +156,30 @@ fn run(cli: Cli) -> Result<(), String> {
             r.created.join(", "),
             r.skipped.join(", ")
         );
+        return Ok(());
+    }
+    if let Some(Cmd::StateTransfer {
+        program,
+        dir,
+        virtiofsd,
+        inodes,
+        precopy,
+        rounds,
+    }) = &cli.command
+    {
+        let subject = vufsd_bench::state_transfer::Subject {
+            program: program.clone(),
+            virtiofsd: *virtiofsd,
+        };
+        let name = if *virtiofsd { "virtiofsd" } else { "vufsd" };
+        let precopy = Duration::from_secs_f64(*precopy);
+        for n in inodes {
+            for _ in 0..*rounds {
+                let r = vufsd_bench::state_transfer::measure(&subject, dir, *n, precopy)
+                    .map_err(|e| format!("{name}, {n} inodes: {e}"))?;
+                println!("{}", r.json(name, precopy));
+            }
+        }
         return Ok(());
     }
     let list = workloads(&cli.workload)?;

@@ -7,6 +7,11 @@
 //! inode before it is sent; an inode without one (unlinked, moved out of the share) is sent
 //! with its file handle only.
 //!
+//! Most of that work is done early: when QEMU starts a migration (VHOST_F_LOG_ALL) and while
+//! it copies the guest's RAM, [`Passthrough::prepare_migration`] collects every inode's path
+//! and file handle. At the switch each prepared path costs one `fstatat` to confirm it still
+//! leads to its inode; only inodes that are new, or whose path changed, are collected again.
+//!
 //! The destination opens each path one component at a time, never following a symlink and
 //! never leaving the share (the stream is not trusted), and then checks that it found the same
 //! inode: the same file type always, and — when it serves the source's very directory (same
@@ -19,7 +24,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use log::{info, warn};
@@ -106,6 +111,13 @@ fn reopen_flags(rec: &HandleRecord, is_dir: bool, readonly: bool) -> i32 {
         flags &= !libc::O_NOATIME;
     }
     flags
+}
+
+/// What [`Passthrough::prepare_migration`] collected: per node id, its path (if it had one)
+/// and file handle.
+#[derive(Default)]
+pub struct Prepared {
+    entries: HashMap<u64, (Option<Vec<u8>>, Option<Handle>)>,
 }
 
 /// Everything needed to look the inodes of a state up on the destination.
@@ -250,12 +262,15 @@ impl Passthrough {
         (InodeKey::of(&found) == InodeKey::of(st)).then_some(rel)
     }
 
+    /// The record of one inode for the state, from its prepared path and handle where they
+    /// still hold (one `fstatat`), else collected now.
     fn inode_record(
         &self,
         inode: &InodeData,
         root: BorrowedFd<'_>,
         root_path: &[u8],
         opts: Options,
+        prepared: Option<&(Option<Vec<u8>>, Option<Handle>)>,
     ) -> InodeRecord {
         let mut rec = InodeRecord {
             id: inode.id,
@@ -266,6 +281,13 @@ impl Passthrough {
             path: None,
             handle: None,
         };
+        if let Some((Some(path), handle)) = prepared {
+            if !opts.confirm_paths && self.still_leads_to(root, path, inode) {
+                rec.path = Some(path.clone());
+                rec.handle = handle.clone();
+                return rec;
+            }
+        }
         let Ok(fd) = inode.fd() else {
             return rec;
         };
@@ -274,6 +296,59 @@ impl Passthrough {
             rec.path = self.path_in_share(root, root_path, fd.as_fd(), &st, opts.confirm_paths);
         }
         rec
+    }
+
+    /// Whether `path` (relative to the share) names `inode` now.
+    fn still_leads_to(&self, root: BorrowedFd<'_>, path: &[u8], inode: &InodeData) -> bool {
+        CString::new(path)
+            .ok()
+            .and_then(|c| sys::fstatat(root, &c, libc::AT_SYMLINK_NOFOLLOW).ok())
+            .is_some_and(|st| InodeKey::of(&st) == inode.key && st.st_nlink > 0)
+    }
+
+    /// Collect every inode's path and file handle ahead of the switch, while the guest still
+    /// runs (QEMU is copying its RAM). Stops early when `cancel` is set; what was collected
+    /// until then is kept. Paths may go stale before the switch: [`Self::migration_state`]
+    /// checks each one.
+    pub fn prepare_migration(&self, cancel: &AtomicBool) {
+        let t0 = std::time::Instant::now();
+        let Ok((root, _)) = self.root_identity() else {
+            return;
+        };
+        let Ok(root_fd) = root.fd() else { return };
+        let Ok(root_path) = sys::readlinkat(
+            self.proc_self_fd.as_fd(),
+            &sys::fd_name(root_fd.as_raw_fd()),
+        ) else {
+            return;
+        };
+        let mut prepared = Prepared::default();
+        for inode in self.inodes.entries() {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(fd) = inode.fd() else { continue };
+            let handle = handle_of(fd.as_fd());
+            let path = sys::stat_fd(fd.as_fd()).ok().and_then(|st| {
+                self.path_in_share(root_fd.as_fd(), &root_path, fd.as_fd(), &st, false)
+            });
+            prepared.entries.insert(inode.id, (path, handle));
+        }
+        info!(
+            "migration: prepared the paths of {} inodes in {:.1?}",
+            prepared.entries.len(),
+            t0.elapsed()
+        );
+        if let Ok(mut slot) = self.migration_prep.lock() {
+            *slot = Some(prepared);
+        }
+    }
+
+    /// Forget what [`Self::prepare_migration`] collected (the migration was cancelled).
+    pub fn drop_migration_prep(&self) {
+        if let Ok(mut slot) = self.migration_prep.lock() {
+            *slot = None;
+        }
     }
 
     /// The device state to send: called on the source once QEMU has stopped the device.
@@ -298,12 +373,40 @@ impl Passthrough {
             self.proc_self_fd.as_fd(),
             &sys::fd_name(root_fd.as_raw_fd()),
         )?;
-        let inodes: Vec<InodeRecord> = self
-            .inodes
-            .entries()
-            .iter()
-            .map(|i| self.inode_record(i, root_fd.as_fd(), &root_path, opts))
-            .collect();
+        let prepared = self
+            .migration_prep
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take())
+            .unwrap_or_default();
+        // The guest is stopped and so are its CPUs: spread the checks over the host's.
+        let entries = self.inodes.entries();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let chunk = entries.len().div_ceil(threads).max(1024);
+        let root_fd = root_fd.as_fd();
+        let inodes: Vec<InodeRecord> = std::thread::scope(|scope| {
+            let workers: Vec<_> = entries
+                .chunks(chunk)
+                .map(|part| {
+                    let (prepared, root_path) = (&prepared, &root_path);
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|i| {
+                                let prep = prepared.entries.get(&i.id);
+                                self.inode_record(i, root_fd, root_path, opts, prep)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        if inodes.len() != entries.len() {
+            return Err(fail("a thread building the device state failed"));
+        }
         let without_path = inodes.iter().filter(|i| i.path.is_none()).count();
         if without_path > 0 {
             info!(

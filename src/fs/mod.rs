@@ -66,6 +66,8 @@ pub struct Passthrough {
     /// Set by FUSE_INIT when the guest accepted POSIX ACLs (and so sends unmasked modes).
     acl_negotiated: AtomicBool,
     counters: NoatimeCounters,
+    /// Paths and handles collected while a migration copies the guest's RAM (`migrate`).
+    migration_prep: std::sync::Mutex<Option<migrate::Prepared>>,
     locks: locks::LockTable,
     /// FUSE opcodes answered ENOSYS, with counts, for the exit summary.
     unsupported: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
@@ -156,6 +158,7 @@ impl Passthrough {
             writeback: AtomicBool::new(false),
             acl_negotiated: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
+            migration_prep: Default::default(),
             locks: locks::LockTable::default(),
             unsupported: Default::default(),
         })

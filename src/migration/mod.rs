@@ -20,6 +20,7 @@ pub mod state;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -173,6 +174,48 @@ fn load(fs: &Passthrough, opts: Options, pipe: File) -> io::Result<()> {
         t0.elapsed() - received
     );
     Ok(())
+}
+
+/// The state's paths, collected while QEMU copies the guest's RAM (between VHOST_F_LOG_ALL and
+/// the device stop), so that the switch itself has less to do.
+#[derive(Default)]
+pub struct Preparation {
+    job: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>)>>,
+}
+
+impl Preparation {
+    /// Start collecting, unless already under way.
+    pub fn start(&self, fs: Arc<Passthrough>) {
+        let Ok(mut job) = self.job.lock() else { return };
+        if job.is_some() {
+            return;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vufsd-migration-prep".into())
+            .spawn(move || fs.prepare_migration(&stop));
+        match spawned {
+            Ok(handle) => *job = Some((handle, cancel)),
+            // Not fatal: the switch collects everything itself.
+            Err(e) => log::warn!("migration: cannot start preparing the state early: {e}"),
+        }
+    }
+
+    /// Stop collecting and wait for what was collected to be stored.
+    pub fn finish(&self) {
+        let job = self.job.lock().ok().and_then(|mut j| j.take());
+        if let Some((handle, cancel)) = job {
+            cancel.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+
+    /// The migration was cancelled: stop, and drop what was collected.
+    pub fn cancel(&self, fs: &Passthrough) {
+        self.finish();
+        fs.drop_migration_prep();
+    }
 }
 
 /// What a destination made of a state.

@@ -5,10 +5,15 @@
 //! magic    16 bytes  "vufsd-devstate\0\0"
 //! version  u32 LE    FORMAT_VERSION
 //! length   u64 LE    of the body
-//! body     ...       the fields of `State`, in order (integers LE, byte strings u32-length
-//!                    prefixed, options a 0/1 byte then the value)
+//! body     ...       the fields of `State`, in order
 //! checksum u64 LE    FNV-1a of the body
 //! ```
+//!
+//! In the body, integers are LEB128 varints (i32s zigzagged), byte strings a varint length and
+//! the bytes, and each inode record starts with a byte of flags (has a path, has a handle, on
+//! the root's device). Inode records go in path order and each path is front-coded: the length
+//! it shares with the previous record's path, then the rest. A tree of 100,000 inodes then
+//! takes about 25 bytes per inode instead of 75.
 //!
 //! The stream comes from another process (through QEMU's migration stream or a snapshot file),
 //! so nothing in it is trusted: every length is bounded by what is left, counts by what their
@@ -135,6 +140,12 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
+/// Inode record flags.
+const HAS_PATH: u8 = 1;
+const HAS_HANDLE: u8 = 2;
+/// On the same device as the root: `dev` is not repeated.
+const ROOT_DEV: u8 = 4;
+
 /// Appends fields to a body.
 struct Enc(Vec<u8>);
 
@@ -145,29 +156,23 @@ impl Enc {
     fn bool(&mut self, v: bool) {
         self.u8(u8::from(v));
     }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+    fn var(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
     }
     fn i32(&mut self, v: i32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.var(u64::from(((v << 1) ^ (v >> 31)) as u32));
     }
     fn bytes(&mut self, v: &[u8]) {
-        // Paths and handles are far below 4 GiB (PATH_MAX, MAX_HANDLE_SZ).
-        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.var(v.len() as u64);
         self.0.extend_from_slice(v);
     }
-    fn handle(&mut self, h: &Option<Handle>) {
-        match h {
-            None => self.bool(false),
-            Some(h) => {
-                self.bool(true);
-                self.i32(h.handle_type);
-                self.bytes(&h.bytes);
-            }
-        }
+    fn handle(&mut self, h: &Handle) {
+        self.i32(h.handle_type);
+        self.bytes(&h.bytes);
     }
 }
 
@@ -183,11 +188,6 @@ impl<'a> Dec<'a> {
         self.0 = rest;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
@@ -198,36 +198,49 @@ impl<'a> Dec<'a> {
             _ => Err(DecodeError::Invalid("a flag that is neither 0 nor 1")),
         }
     }
+    fn var(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                if shift == 63 && b > 1 {
+                    break;
+                }
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::Invalid("an integer longer than 64 bits"))
+    }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        self.array().map(u32::from_le_bytes)
+        u32::try_from(self.var()?).map_err(|_| DecodeError::Invalid("a 32-bit field out of range"))
     }
     fn i32(&mut self) -> Result<i32, DecodeError> {
-        self.array().map(i32::from_le_bytes)
+        let z = self.u32()?;
+        Ok(((z >> 1) as i32) ^ -((z & 1) as i32))
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        self.array().map(u64::from_le_bytes)
+    fn len(&mut self, max: usize) -> Result<usize, DecodeError> {
+        let len = self.var()?;
+        usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or(DecodeError::Invalid(
+                "a path or handle longer than possible",
+            ))
     }
     fn bytes(&mut self, max: usize) -> Result<Vec<u8>, DecodeError> {
-        let len = self.u32()? as usize;
-        if len > max {
-            return Err(DecodeError::Invalid(
-                "a path or handle longer than possible",
-            ));
-        }
+        let len = self.len(max)?;
         self.take(len).map(<[u8]>::to_vec)
     }
-    fn handle(&mut self) -> Result<Option<Handle>, DecodeError> {
-        if !self.bool()? {
-            return Ok(None);
-        }
+    fn handle(&mut self) -> Result<Handle, DecodeError> {
         let handle_type = self.i32()?;
         // MAX_HANDLE_SZ.
         let bytes = self.bytes(128)?;
-        Ok(Some(Handle { handle_type, bytes }))
+        Ok(Handle { handle_type, bytes })
     }
     /// A record count, bounded by the bytes left (each record takes at least `min_size`).
     fn count(&mut self, min_size: usize) -> Result<usize, DecodeError> {
-        let n = self.u64()?;
+        let n = self.var()?;
         let fits = self.0.len() / min_size.max(1);
         usize::try_from(n)
             .ok()
@@ -238,41 +251,71 @@ impl<'a> Dec<'a> {
 
 /// PATH_MAX: no path inside a share is longer.
 const MAX_PATH: usize = 4096;
-/// Smallest encoded inode and handle records (fixed fields, absent options).
-const MIN_INODE: usize = 8 + 8 + 4 + 8 + 8 + 1 + 1;
-const MIN_HANDLE: usize = 8 + 8 + 4 + 1;
+/// Smallest encoded inode and handle records: flags, id, refcount, type, ino; fh, inode,
+/// flags, noatime.
+const MIN_INODE: usize = 5;
+const MIN_HANDLE: usize = 4;
+
+/// How many leading bytes two paths share.
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
 
 impl State {
     /// The state as a stream.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Enc(Vec::with_capacity(64 + self.inodes.len() * 64));
+        let mut b = Enc(Vec::with_capacity(64 + self.inodes.len() * 28));
         b.bool(self.fuse.writeback);
         b.bool(self.fuse.posix_acl);
-        b.u64(self.root.dev);
-        b.u64(self.root.ino);
-        b.handle(&self.root.handle);
-        b.u64(self.next_inode);
-        b.u64(self.next_handle);
-        b.u64(self.inodes.len() as u64);
-        for i in &self.inodes {
-            b.u64(i.id);
-            b.u64(i.refcount);
-            b.u32(i.file_type);
-            b.u64(i.dev);
-            b.u64(i.ino);
-            match &i.path {
-                None => b.bool(false),
-                Some(p) => {
-                    b.bool(true);
-                    b.bytes(p);
-                }
+        b.var(self.root.dev);
+        b.var(self.root.ino);
+        match &self.root.handle {
+            None => b.bool(false),
+            Some(h) => {
+                b.bool(true);
+                b.handle(h);
             }
-            b.handle(&i.handle);
         }
-        b.u64(self.handles.len() as u64);
+        b.var(self.next_inode);
+        b.var(self.next_handle);
+        // Path order, so that each path shares most of itself with the one before.
+        let mut order: Vec<&InodeRecord> = self.inodes.iter().collect();
+        order.sort_by(|x, y| x.path.cmp(&y.path));
+        b.var(order.len() as u64);
+        let mut prev: &[u8] = &[];
+        for i in order {
+            let mut flags = 0;
+            if i.path.is_some() {
+                flags |= HAS_PATH;
+            }
+            if i.handle.is_some() {
+                flags |= HAS_HANDLE;
+            }
+            if i.dev == self.root.dev {
+                flags |= ROOT_DEV;
+            }
+            b.u8(flags);
+            b.var(i.id);
+            b.var(i.refcount);
+            b.var(u64::from(i.file_type >> 12));
+            if i.dev != self.root.dev {
+                b.var(i.dev);
+            }
+            b.var(i.ino);
+            if let Some(p) = &i.path {
+                let common = shared_prefix(prev, p);
+                b.var(common as u64);
+                b.bytes(&p[common..]);
+                prev = p;
+            }
+            if let Some(h) = &i.handle {
+                b.handle(h);
+            }
+        }
+        b.var(self.handles.len() as u64);
         for h in &self.handles {
-            b.u64(h.fh);
-            b.u64(h.inode);
+            b.var(h.fh);
+            b.var(h.inode);
             b.i32(h.flags);
             b.bool(h.noatime_allowed);
         }
@@ -288,21 +331,26 @@ impl State {
 
     /// Reads a stream written by [`encode`](Self::encode), refusing anything else.
     pub fn decode(stream: &[u8]) -> Result<State, DecodeError> {
-        let mut d = Dec(stream);
-        if d.take(MAGIC.len()).map_err(|_| DecodeError::NotOurs)? != MAGIC {
+        let header = |at: usize, n: usize| stream.get(at..at + n).ok_or(DecodeError::Truncated);
+        if stream.get(..MAGIC.len()) != Some(&MAGIC[..]) {
             return Err(DecodeError::NotOurs);
         }
-        let version = d.u32()?;
+        let mut word = [0u8; 4];
+        word.copy_from_slice(header(16, 4)?);
+        let version = u32::from_le_bytes(word);
         if version != FORMAT_VERSION {
             return Err(DecodeError::Version(version));
         }
-        let len = usize::try_from(d.u64()?).map_err(|_| DecodeError::Truncated)?;
-        let body = d.take(len)?;
-        let sum = d.u64()?;
-        if !d.0.is_empty() {
+        let mut dword = [0u8; 8];
+        dword.copy_from_slice(header(20, 8)?);
+        let len = usize::try_from(u64::from_le_bytes(dword)).map_err(|_| DecodeError::Truncated)?;
+        let body = header(28, len)?;
+        let end = 28 + len;
+        dword.copy_from_slice(header(end, 8)?);
+        if stream.len() != end + 8 {
             return Err(DecodeError::Invalid("bytes after the end of the state"));
         }
-        if fnv1a(body) != sum {
+        if fnv1a(body) != u64::from_le_bytes(dword) {
             return Err(DecodeError::Checksum);
         }
         let mut d = Dec(body);
@@ -311,26 +359,45 @@ impl State {
             posix_acl: d.bool()?,
         };
         let root = RootIdentity {
-            dev: d.u64()?,
-            ino: d.u64()?,
-            handle: d.handle()?,
+            dev: d.var()?,
+            ino: d.var()?,
+            handle: if d.bool()? { Some(d.handle()?) } else { None },
         };
-        let next_inode = d.u64()?;
-        let next_handle = d.u64()?;
+        let next_inode = d.var()?;
+        let next_handle = d.var()?;
         let n = d.count(MIN_INODE)?;
         let mut inodes = Vec::with_capacity(n);
+        let mut prev: Vec<u8> = Vec::new();
         for _ in 0..n {
-            let id = d.u64()?;
-            let refcount = d.u64()?;
-            let file_type = d.u32()?;
-            let dev = d.u64()?;
-            let ino = d.u64()?;
-            let path = if d.bool()? {
-                Some(d.bytes(MAX_PATH)?)
+            let flags = d.u8()?;
+            if flags & !(HAS_PATH | HAS_HANDLE | ROOT_DEV) != 0 {
+                return Err(DecodeError::Invalid("unknown inode flags"));
+            }
+            let id = d.var()?;
+            let refcount = d.var()?;
+            let file_type = d.u32()?.checked_shl(12).filter(|t| *t <= 0o170000);
+            let file_type = file_type.ok_or(DecodeError::Invalid("a file type out of range"))?;
+            let dev = if flags & ROOT_DEV != 0 {
+                root.dev
+            } else {
+                d.var()?
+            };
+            let ino = d.var()?;
+            let path = if flags & HAS_PATH != 0 {
+                let common = d.len(prev.len())?;
+                let rest = d.bytes(MAX_PATH - common)?;
+                let mut p = prev[..common].to_vec();
+                p.extend_from_slice(&rest);
+                prev.clone_from(&p);
+                Some(p)
             } else {
                 None
             };
-            let handle = d.handle()?;
+            let handle = if flags & HAS_HANDLE != 0 {
+                Some(d.handle()?)
+            } else {
+                None
+            };
             inodes.push(InodeRecord {
                 id,
                 refcount,
@@ -345,8 +412,8 @@ impl State {
         let mut handles = Vec::with_capacity(n);
         for _ in 0..n {
             handles.push(HandleRecord {
-                fh: d.u64()?,
-                inode: d.u64()?,
+                fh: d.var()?,
+                inode: d.var()?,
                 flags: d.i32()?,
                 noatime_allowed: d.bool()?,
             });
@@ -419,8 +486,22 @@ mod tests {
 
     #[test]
     fn a_state_survives_the_round_trip() {
-        let s = sample();
-        assert_eq!(State::decode(&s.encode()), Ok(s));
+        let mut s = sample();
+        // Inodes come back in path order (no path first).
+        s.inodes.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(State::decode(&s.encode()), Ok(s.clone()));
+        let mut deep = s.clone();
+        deep.inodes[1].path = Some(b"a/b/c".to_vec());
+        deep.inodes.push(InodeRecord {
+            id: 12,
+            path: Some(b"a/bz".to_vec()),
+            dev: 77,
+            ..deep.inodes[0].clone()
+        });
+        let mut again = State::decode(&deep.encode()).unwrap();
+        again.inodes.sort_by_key(|i| i.id);
+        deep.inodes.sort_by_key(|i| i.id);
+        assert_eq!(again, deep);
         let empty = State::default();
         assert_eq!(State::decode(&empty.encode()), Ok(empty));
     }
@@ -449,17 +530,55 @@ mod tests {
     }
 
     #[test]
+    fn varints_round_trip_and_overlong_ones_are_refused() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut e = Enc(Vec::new());
+            e.var(v);
+            assert_eq!(Dec(&e.0).var(), Ok(v));
+        }
+        for v in [0i32, -1, 1, i32::MIN, i32::MAX] {
+            let mut e = Enc(Vec::new());
+            e.i32(v);
+            assert_eq!(Dec(&e.0).i32(), Ok(v));
+        }
+        assert!(Dec(&[0xff; 11]).var().is_err());
+        assert!(Dec(&[0x80]).var().is_err());
+    }
+
+    #[test]
+    fn a_front_coded_path_cannot_borrow_more_than_the_previous_one_has() {
+        let mut s = sample();
+        s.inodes.truncate(1);
+        let mut bytes = s.encode();
+        // The one path "a/b" claims 9 bytes in common with the (empty) previous path.
+        let body_at = 28;
+        let pos = body_at
+            + bytes[body_at..]
+                .windows(4)
+                .position(|w| w == [0, 3, b'a', b'/'])
+                .unwrap();
+        bytes[pos] = 9;
+        let len = bytes.len();
+        let sum = fnv1a(&bytes[body_at..len - 8]);
+        bytes[len - 8..].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(
+            State::decode(&bytes),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn counts_and_lengths_cannot_ask_for_more_than_the_stream_holds() {
         // A body claiming 2^40 inodes after the fixed fields: refused, not allocated.
         let mut b = Enc(Vec::new());
         b.bool(false);
         b.bool(false);
-        b.u64(1);
-        b.u64(2);
-        b.handle(&None);
-        b.u64(2);
-        b.u64(1);
-        b.u64(1 << 40);
+        b.var(1);
+        b.var(2);
+        b.bool(false);
+        b.var(2);
+        b.var(1);
+        b.var(1 << 40);
         let body = b.0;
         let mut s = MAGIC.to_vec();
         s.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
