@@ -36,14 +36,19 @@ fn daemon(dir: &Path, share: &Path, name: &str, extra: &[&str]) -> (DaemonProces
 #[test]
 fn vufsd_hands_its_state_to_a_new_vufsd() {
     let dir = TempDir::new("vufsd-state").unwrap();
-    let subject = Subject {
-        program: vufsd(),
-        virtiofsd: false,
-    };
-    // measure() checks that a node id from the source answers for the same file.
-    let r = measure(&subject, dir.path(), 1500, Duration::ZERO).unwrap();
-    assert_eq!(r.inodes, 1501);
-    assert!(r.bytes > 1500 * 8 && r.bytes < 1500 * 80, "{r:?}");
+    // measure() checks that a node id from the source answers for the same file. Both in the
+    // default sandbox (namespaces, seccomp) and unsandboxed.
+    for extra in [vec![], vec!["--sandbox=namespace", "--seccomp=kill"]] {
+        let subject = Subject {
+            program: vufsd(),
+            virtiofsd: false,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        let r = measure(&subject, dir.path(), 1500, Duration::ZERO)
+            .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        assert_eq!(r.inodes, 1501);
+        assert!(r.bytes > 1500 * 8 && r.bytes < 1500 * 80, "{r:?}");
+    }
 }
 
 #[test]

@@ -56,13 +56,13 @@ fn qemu10() -> Option<Qemu> {
     )
 }
 
-fn machine(qemu: Qemu, lock: bool) -> Machine {
-    let lock = if lock { " lock" } else { "" };
+/// The guest: migcheck with `options` (see tests/vm/migcheck.c).
+fn machine(qemu: Qemu, options: &str) -> Machine {
     Machine {
         qemu,
         tag: "share".into(),
         mem_mib: 256,
-        script: format!("migcheck /mnt {PER_DIR}{lock}; echo \"MIGCHECK rc=$?\"\n"),
+        script: format!("migcheck /mnt {PER_DIR} {options}; echo \"MIGCHECK rc=$?\"\n"),
     }
 }
 
@@ -233,7 +233,7 @@ fn live_migration_keeps_open_files_dir_handles_cwd_and_inodes() {
     let Some(qemu) = qemu10() else { return };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_live", None);
-    let m = machine(qemu, false);
+    let m = machine(qemu, "");
     let src = s.daemon("src", &[], None);
     let dst = s.daemon("dst", &[], None);
     let mut src_vm = boot_source(&s, &m, &src);
@@ -253,6 +253,48 @@ fn live_migration_keeps_open_files_dir_handles_cwd_and_inodes() {
         "{}",
         ctx.report()
     );
+}
+
+/// A file the guest holds open after unlinking it has no path: by file handle (same
+/// filesystem, root daemons) it moves; by path it cannot, and the migration is refused.
+#[test]
+fn an_unlinked_open_file_moves_by_file_handle_and_refuses_by_path() {
+    let Some(()) = require_vm() else { return };
+    let Some(qemu) = qemu10() else { return };
+    let _slot = slot().unwrap();
+    let s = Setup::new("mig_unlinked", None);
+    let m = machine(qemu, "unlinked");
+
+    let by_path = s.daemon("src-p", &[], None);
+    let dst_p = s.daemon("dst-p", &[], None);
+    let mut src_vm = boot_source(&s, &m, &by_path);
+    let (dst_vm, status) = migrate_live(&s, &m, &mut src_vm, &dst_p);
+    let ctx = Ctx::new(&[&src_vm, &dst_vm], &[&by_path, &dst_p]);
+    assert_eq!(status, "failed", "{}", ctx.report());
+    assert!(
+        dst_p.output().contains("the source had no path for it"),
+        "{}",
+        ctx.report()
+    );
+    drop(dst_vm);
+    src_vm.quit();
+    std::fs::remove_dir_all(s.dir.path().join("src")).unwrap();
+    std::fs::remove_dir_all(s.dir.path().join("dst")).unwrap();
+    std::fs::remove_file(s.host("after.txt")).ok();
+
+    let opts = ["--migration-mode=file-handles"];
+    let src = s.daemon("src-h", &opts, None);
+    let dst = s.daemon("dst-h", &opts, None);
+    let mut src_vm = boot_source(&s, &m, &src);
+    let (mut dst_vm, status) = migrate_live(&s, &m, &mut src_vm, &dst);
+    let ctx = Ctx::new(&[&src_vm, &dst_vm], &[&src, &dst]);
+    assert_eq!(status, "completed", "{}", ctx.report());
+    src_vm.quit();
+    s.go();
+    dst_vm.wait_exit(BOOT).unwrap();
+    let out = ctx.output();
+    assert!(out.contains("OK unlinked-fd\n"), "{}", ctx.report());
+    assert_guest_carried_on(&out, "-", "original", &ctx);
 }
 
 /// Save to a file, quit the source (its daemon exits), restore into a new QEMU and daemon.
@@ -295,7 +337,7 @@ fn save_to_file_and_restore_into_a_new_daemon() {
     let Some(qemu) = qemu10() else { return };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_file", None);
-    let m = machine(qemu, false);
+    let m = machine(qemu, "");
     let mut src = s.daemon("src", &["--migration-mode=file-handles"], None);
     let mut src_vm = boot_source(&s, &m, &src);
     let file = save(&s, &mut src_vm);
@@ -323,7 +365,7 @@ fn unprivileged_daemons_migrate_a_root_owned_tree() {
     let Some(qemu) = qemu10() else { return };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_unpriv", Some(NOBODY));
-    let m = machine(qemu, false);
+    let m = machine(qemu, "");
     let src = s.daemon("src", &[], Some(NOBODY));
     let dst = s.daemon("dst", &[], Some(NOBODY));
     let mut src_vm = boot_source(&s, &m, &src);
@@ -345,7 +387,7 @@ fn a_file_replaced_between_the_ends_is_refused_and_the_source_goes_on() {
     let Some(qemu) = qemu10() else { return };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_replaced", None);
-    let m = machine(qemu, false);
+    let m = machine(qemu, "");
     let src = s.daemon("src", &[], None);
     let mut src_vm = boot_source(&s, &m, &src);
     let file = save(&s, &mut src_vm);
@@ -383,7 +425,7 @@ fn host_changes_between_the_ends_give_errors_for_those_files_alone() {
     let Some(qemu) = qemu10() else { return };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_changes", None);
-    let m = machine(qemu, false);
+    let m = machine(qemu, "");
     let opts = ["--migration-on-error=guest-error"];
     let src = s.daemon("src", &opts, None);
     let mut src_vm = boot_source(&s, &m, &src);
@@ -416,7 +458,7 @@ fn a_guest_holding_a_lock_is_not_migrated_and_goes_on() {
     let Some(qemu) = qemu10() else { return };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_lock", None);
-    let m = machine(qemu, true);
+    let m = machine(qemu, "lock");
     let src = s.daemon("src", &[], None);
     let dst = s.daemon("dst", &[], None);
     let mut src_vm = boot_source(&s, &m, &src);
@@ -457,7 +499,7 @@ fn a_stream_from_virtiofsd_is_refused_and_the_source_goes_on() {
     };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_foreign", None);
-    let m = machine(qemu, false);
+    let m = machine(qemu, "");
     let sock = s.dir.path().join("src.sock");
     let src = DaemonSpec::new(virtiofsd, &sock)
         .arg("--socket-path")
@@ -491,7 +533,7 @@ fn qemu_7_2_refuses_to_migrate_and_the_guest_goes_on() {
     let Some(()) = require_vm() else { return };
     let _slot = slot().unwrap();
     let s = Setup::new("mig_qemu72", None);
-    let m = machine(Qemu::system(), false);
+    let m = machine(Qemu::system(), "");
     let src = s.daemon("src", &[], None);
     let mut src_vm = boot_source(&s, &m, &src);
     let file = s.dir.path().join("vm.state");

@@ -168,8 +168,13 @@ impl DaemonProcess {
 
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
+        // SIGTERM first, so that the daemon (or a wrapper around it: strace, perf) finishes
+        // what it writes on exit; SIGKILL if it has not exited within 2 s.
         if self.is_running() {
-            let _ = self.child.kill();
+            let _ = self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(2)).is_none() {
+                let _ = self.child.kill();
+            }
         }
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);

@@ -122,6 +122,9 @@ enum Cmd {
         /// Measurements per size.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// One more option for both daemons (repeatable), e.g. --daemon-arg=--log-level=info.
+        #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+        daemon_args: Vec<String>,
     },
 }
 
@@ -165,11 +168,13 @@ fn run(cli: Cli) -> Result<(), String> {
         inodes,
         precopy,
         rounds,
+        daemon_args,
     }) = &cli.command
     {
         let subject = vufsd_bench::state_transfer::Subject {
             program: program.clone(),
             virtiofsd: *virtiofsd,
+            extra: daemon_args.clone(),
         };
         let name = if *virtiofsd { "virtiofsd" } else { "vufsd" };
         let precopy = Duration::from_secs_f64(*precopy);

@@ -28,14 +28,20 @@ pub struct Subject {
     pub program: PathBuf,
     /// Upstream virtiofsd (started with `--sandbox none`) rather than vufsd.
     pub virtiofsd: bool,
+    /// More options for both daemons (after the defaults, so they win).
+    pub extra: Vec<String>,
 }
 
 impl Subject {
     fn spawn(&self, shared: &Path, socket: &Path) -> Result<DaemonProcess> {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         if self.virtiofsd {
-            DaemonProcess::virtiofsd(&self.program, shared, socket, &[])
+            DaemonProcess::virtiofsd(&self.program, shared, socket, &extra)
         } else {
-            let args = ["--sandbox", "none", "--log-level", "warn"].map(Into::into);
+            let mut args: Vec<std::ffi::OsString> = ["--sandbox", "none", "--log-level", "warn"]
+                .map(Into::into)
+                .to_vec();
+            args.extend(extra.iter().map(Into::into));
             DaemonProcess::spawn(
                 &self.program,
                 shared,

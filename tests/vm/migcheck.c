@@ -14,8 +14,10 @@
  *   VICTIM <text|errno>    what reading victim.txt's old handle gives
  *   WALK found=N missing=LIST
  *
- * Usage: migcheck SHARE [FILES-PER-DIR [lock]]   (the host prepared SHARE/work,
- * see the test; `lock` takes a flock(2) lock on data.bin before READY)
+ * Usage: migcheck SHARE [FILES-PER-DIR [OPTION...]]   (the host prepared
+ * SHARE/work, see the test). Options: `lock` takes a flock(2) lock on data.bin
+ * before READY; `unlinked` also holds a file it created and unlinked, and
+ * reads it back after the switch (OK unlinked-fd).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -152,9 +154,23 @@ int main(int argc, char **argv)
 		fail("setup", "%s", "ro.txt/victim.txt", errno);
 		return 1;
 	}
-	if (argc > 3 && strcmp(argv[3], "lock") == 0 && flock(data, LOCK_EX) != 0) {
+	int lock = 0, unlinked = -1;
+	for (int i = 3; i < argc; i++) {
+		if (strcmp(argv[i], "lock") == 0)
+			lock = 1;
+		else if (strcmp(argv[i], "unlinked") == 0)
+			unlinked = 0;
+	}
+	if (lock && flock(data, LOCK_EX) != 0) {
 		fail("setup", "%s", "flock", errno);
 		return 1;
+	}
+	if (unlinked == 0) {
+		unlinked = open("scratch.tmp", O_RDWR | O_CREAT | O_EXCL, 0600);
+		if (unlinked < 0 || write(unlinked, "scratch\n", 8) != 8 || unlink("scratch.tmp") != 0) {
+			fail("setup", "%s", "scratch.tmp", errno);
+			return 1;
+		}
 	}
 	int before = walk(per_dir, missing, sizeof missing);
 	printf("LOOKED-UP %d\n", before);
@@ -227,6 +243,16 @@ int main(int argc, char **argv)
 		printf("VICTIM %s\n", buf);
 	} else {
 		printf("VICTIM errno=%d\n", errno);
+	}
+
+	/* The file that has no name any more. */
+	if (unlinked >= 0) {
+		memset(buf, 0, sizeof buf);
+		n = pread(unlinked, buf, 64, 0);
+		if (n == 8 && memcmp(buf, "scratch\n", 8) == 0)
+			ok("unlinked-fd");
+		else
+			fail("unlinked-fd", "%s", "pread", n < 0 ? errno : 0);
 	}
 
 	/* Every looked-up inode again. */
