@@ -32,11 +32,14 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod accel;
 pub mod assets;
 pub mod cpio;
 pub mod daemon;
+pub mod host_action;
 pub mod migrate;
 pub mod nix;
+pub mod slot;
 pub mod vm;
 
 use std::fmt::Display;
@@ -44,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use daemon::{find_virtiofsd, Daemon, DaemonKind, DaemonSpec};
+pub use host_action::HostAction;
 pub use vm::{run_vm, try_run_vm, Launch, VmConfig, VmOutcome};
 
 /// Errors in the harness are strings with their context prepended: they end

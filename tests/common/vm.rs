@@ -1,8 +1,11 @@
 //! Booting a test guest under QEMU: accelerator detection, the command
 //! line, running a guest script and collecting what it printed.
 
-use super::assets::{assets, write_atomic, Assets};
+pub use super::accel::{accel, Accel};
+use super::assets::{assets, Assets};
+pub use super::slot::VmSlot;
 use super::daemon::Daemon;
+use super::host_action::{ack, HostAction};
 use super::{tail, target_dir, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -58,6 +61,8 @@ pub struct VmConfig {
     pub echo: bool,
     /// Start QEMU through a launcher, as a NixOS VM's start script does.
     pub launch: Option<Launch>,
+    /// What the host does when the guest runs `host_do N` (the N-th entry).
+    pub host_actions: Vec<HostAction>,
 }
 
 /// How QEMU is started when not directly: `program QEMU ARGS...` (a wrapper that execs QEMU in
@@ -85,7 +90,15 @@ impl VmConfig {
             qemu_args: Vec::new(),
             echo: false,
             launch: None,
+            host_actions: Vec::new(),
         }
+    }
+
+    /// Add a host action; the guest triggers it with `host_do N`, N counting from 0 in the
+    /// order they were added.
+    pub fn on_host_do(mut self, action: HostAction) -> VmConfig {
+        self.host_actions.push(action);
+        self
     }
 
     /// Start QEMU through `launch` (see [`Launch`]).
@@ -317,6 +330,7 @@ pub fn try_run_vm(cfg: &VmConfig) -> Result<VmOutcome> {
     }
     let _slot = VmSlot::acquire()?;
     let mut vm = Running::start(&args, &run, cfg.echo, cfg.launch.as_ref())?;
+    vm.actions = cfg.host_actions.iter().map(|a| (a.clone(), false)).collect();
     let (status, timed_out) = vm.wait(cfg.timeout)?;
     Ok(VmOutcome {
         guest_output: vm.guest.text(),
@@ -501,9 +515,9 @@ fn shell_line(args: &[String]) -> String {
 }
 
 /// `dir/vm-N/` and its `io/` subdirectory (the guest's /test).
-struct RunDir {
-    dir: PathBuf,
-    io: PathBuf,
+pub(super) struct RunDir {
+    pub(super) dir: PathBuf,
+    pub(super) io: PathBuf,
 }
 
 impl RunDir {
@@ -525,16 +539,19 @@ impl RunDir {
 }
 
 /// A QEMU process and the logs it writes.
-struct Running {
-    child: Child,
+pub(super) struct Running {
+    pub(super) child: Child,
     started: Instant,
     console: LogFollower,
-    guest: LogFollower,
+    pub(super) guest: LogFollower,
     mounted_at: Option<Duration>,
+    /// Host actions the guest may ask for (see `HostAction`), and whether each was done.
+    actions: Vec<(HostAction, bool)>,
+    io: PathBuf,
 }
 
 impl Running {
-    fn start(
+    pub(super) fn start(
         args: &[String],
         run: &RunDir,
         echo: bool,
@@ -569,6 +586,8 @@ impl Running {
             console: LogFollower::new(run.dir.join("console.log"), echo.then_some("")),
             guest: LogFollower::new(run.dir.join("guest.log"), echo.then_some("guest| ")),
             mounted_at: None,
+            actions: Vec::new(),
+            io: run.io.clone(),
         })
     }
 
@@ -595,11 +614,19 @@ impl Running {
         }
     }
 
-    fn poll_logs(&mut self) {
+    pub(super) fn poll_logs(&mut self) {
         self.console.poll();
         for line in self.guest.poll() {
             if self.mounted_at.is_none() && line.starts_with("VUFS-MOUNTED") {
                 self.mounted_at = Some(self.started.elapsed());
+            }
+            let asked = line.strip_prefix("HOST-DO ").and_then(|n| n.trim().parse().ok());
+            if let Some((action, done)) = asked.and_then(|n: usize| self.actions.get_mut(n)) {
+                if !*done {
+                    *done = true;
+                    let what = action.perform(&mut self.child);
+                    ack(&self.io, asked.unwrap_or(0), &what);
+                }
             }
         }
     }
@@ -615,7 +642,7 @@ impl Drop for Running {
 
 /// Reads a file as another process appends to it, line by line; optionally
 /// echoes each line to stderr with a prefix.
-struct LogFollower {
+pub(super) struct LogFollower {
     path: PathBuf,
     bytes: Vec<u8>,
     line_start: usize,
@@ -658,159 +685,11 @@ impl LogFollower {
     }
 
     /// Everything read so far, `\r` removed.
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).replace('\r', "")
     }
 }
 
-fn read_lossy(p: &Path) -> String {
+pub(super) fn read_lossy(p: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
-}
-
-/// Limits how many VMs run at once, across threads and processes: under
-/// TCG each guest keeps a host core busy, and over-committing the CPUs makes
-/// every guest slow enough to hit timeouts. A slot is a flock(2)ed file
-/// under `$TMPDIR/vufsd-vm-slots/`, shared by every checkout on the machine
-/// (they compete for the same CPUs); flock locks belong to an open file
-/// description, so two threads of one process exclude each other too.
-pub struct VmSlot {
-    _file: File,
-}
-
-impl VmSlot {
-    pub(super) fn acquire() -> Result<VmSlot> {
-        let dir = std::env::temp_dir().join("vufsd-vm-slots");
-        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let slots = max_parallel_vms();
-        loop {
-            for i in 0..slots {
-                let path = dir.join(format!("{i}.lock"));
-                let file = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                // SAFETY: flock on an fd we own; released when `file` closes.
-                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                    return Ok(VmSlot { _file: file });
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// `VUFSD_VM_PARALLEL`, else one VM per two host CPUs (a guest has two
-/// vCPUs). On a 2-CPU host, two TCG guests at once finished the selftest no
-/// sooner than one at a time, while each boot took 3 s instead of 1.9 s.
-fn max_parallel_vms() -> usize {
-    if let Some(n) = std::env::var("VUFSD_VM_PARALLEL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return std::cmp::max(n, 1);
-    }
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-}
-
-/// How QEMU runs guest code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    fn qemu_args(self) -> [&'static str; 4] {
-        match self {
-            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-/// The accelerator to use: `$VUFSD_VM_ACCEL` (kvm|tcg) if set, else KVM if a
-/// probe guest really boots with it, else TCG. The probe runs once per host
-/// boot: its answer is cached in `<target>/vm-assets/accel-<boot_id>`.
-pub fn accel() -> Result<Accel> {
-    static ACCEL: OnceLock<Result<Accel>> = OnceLock::new();
-    ACCEL.get_or_init(detect_accel).clone()
-}
-
-fn detect_accel() -> Result<Accel> {
-    match std::env::var("VUFSD_VM_ACCEL").as_deref() {
-        Ok("kvm") => return Ok(Accel::Kvm),
-        Ok("tcg") => return Ok(Accel::Tcg),
-        Ok(other) => return Err(format!("VUFSD_VM_ACCEL={other}: expected kvm or tcg")),
-        Err(_) => {}
-    }
-    // /dev/kvm can exist and open fine and still not work: on this kind of
-    // host (nested PVM) QEMU 7.2 aborts with "failed to set MSR 0x10a" under
-    // -cpu host, or stops with "KVM internal error" under the default CPU.
-    if OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Ok(Accel::Tcg);
-    }
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let cache = target_dir()
-        .join("vm-assets")
-        .join(format!("accel-{}", boot_id.trim()));
-    match std::fs::read_to_string(&cache).as_deref() {
-        Ok("kvm") => return Ok(Accel::Kvm),
-        Ok("tcg") => return Ok(Accel::Tcg),
-        _ => {}
-    }
-    let accel = if probe_kvm(assets()?)? {
-        Accel::Kvm
-    } else {
-        Accel::Tcg
-    };
-    write_atomic(&cache, accel.name().as_bytes())?;
-    Ok(accel)
-}
-
-/// Boot the real guest with KVM up to its init and see it report back.
-fn probe_kvm(assets: &Assets) -> Result<bool> {
-    let dir = target_dir()
-        .join("vm-assets")
-        .join(format!("kvm-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-    let mut args = machine_args(assets, Accel::Kvm, 128, 1, false);
-    let mut cmdline = base_cmdline();
-    cmdline.push("vufs_probe=1".into());
-    args.extend(["-append".into(), cmdline.join(" ")]);
-    args.extend(serial_args(&dir));
-    let run = RunDir {
-        dir: dir.clone(),
-        io: dir.clone(),
-    };
-    let mut vm = Running::start(&args, &run, false, None)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ok = loop {
-        vm.poll_logs();
-        if vm.guest.text().contains("VUFS-PROBE-OK") {
-            break true;
-        }
-        let stderr = read_lossy(&dir.join("qemu.log"));
-        let exited = vm.child.try_wait().ok().flatten().is_some();
-        if exited || stderr.contains("KVM internal error") || Instant::now() >= deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    drop(vm);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(ok)
 }

@@ -64,3 +64,15 @@ share_mount() {
 }
 share_umount() { umount /mnt; }
 share_is_mounted() { grep -q "^[^ ]* /mnt virtiofs " /proc/mounts; }
+
+# host_do N: ask the host for action N of the test (VmConfig::on_host_do) and wait
+# until it is done (60 s at most); prints `HOST-DONE N <ok|why not>`.
+host_do() {
+    echo "HOST-DO $1"
+    _vufs_i=0
+    while [ ! -e "/test/ack.$1" ] && [ $_vufs_i -lt 600 ]; do
+        sleep 0.1
+        _vufs_i=$((_vufs_i + 1))
+    done
+    echo "HOST-DONE $1 $(cat "/test/ack.$1" 2>/dev/null || echo timeout)"
+}
