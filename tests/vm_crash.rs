@@ -6,12 +6,19 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{require_vm, run_vm, try_run_vm, vufsd_bin, DaemonSpec, HostAction, TestDir, VmConfig};
+use common::{
+    require_vm, run_vm, try_run_vm, vufsd_bin, DaemonSpec, HostAction, TestDir, VmConfig,
+};
 
 /// What the guest writes into file `i`: 256 KiB of `file <i>\n` lines (busybox `yes`).
 fn expected(i: usize) -> Vec<u8> {
     let line = format!("file {i}\n");
-    line.as_bytes().iter().copied().cycle().take(256 << 10).collect()
+    line.as_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(256 << 10)
+        .collect()
 }
 
 /// Indexes the guest reported as fsynced (`SYNCED <i>` lines).
@@ -82,7 +89,10 @@ sleep 60
     assert_synced_files_whole(&share, &done, &|| out.report());
     // The file written without fsync holds zeros only, however much of it arrived.
     let zeros = std::fs::read(share.join("zeros")).unwrap_or_default();
-    assert!(zeros.iter().all(|b| *b == 0), "garbage in the unsynced file");
+    assert!(
+        zeros.iter().all(|b| *b == 0),
+        "garbage in the unsynced file"
+    );
     // The daemon noticed its frontend was gone, and cleaned up.
     let st = daemon.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "{st:?}\n{}", daemon.output());
@@ -139,8 +149,16 @@ poweroff -n -f
     assert!(!out.timed_out, "the guest hung\n{}", report());
     assert!(g.contains("HOST-DONE 0 ok"), "{}", report());
     assert!(g.contains("STALLED"), "{}", report());
-    assert!(g.contains("KILLED"), "the stuck writer could not be killed\n{}", report());
-    assert!(g.contains("UNMOUNTED") && g.contains("MOUNTPOINT-USABLE"), "{}", report());
+    assert!(
+        g.contains("KILLED"),
+        "the stuck writer could not be killed\n{}",
+        report()
+    );
+    assert!(
+        g.contains("UNMOUNTED") && g.contains("MOUNTPOINT-USABLE"),
+        "{}",
+        report()
+    );
     let done = synced(g);
     assert!(done.len() >= 8, "{}", report());
     assert_synced_files_whole(&share, &done, &report);

@@ -52,7 +52,7 @@ impl Passthrough {
         let parent = self.dir_inode(parent)?;
         {
             let _as = self.as_caller(ctx)?;
-            make(parent.fd()?.as_fd())?;
+            make(parent.fd()?.as_fd()).inspect_err(|e| self.note_failure(&parent, "create", e))?;
         }
         let (inode, st) = self.do_lookup(&parent, name)?;
         Ok(self.entry(&inode, st))
@@ -61,8 +61,24 @@ impl Passthrough {
     pub(super) fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         check_name(name)?;
         let parent = self.dir_inode(parent)?;
-        let (inode, st) = self.do_lookup(&parent, name)?;
+        let (inode, st) = self
+            .do_lookup(&parent, name)
+            .inspect_err(|e| self.note_failure(&parent, "lookup", e))?;
         Ok(self.entry(&inode, st))
+    }
+
+    /// Log what a failure in directory `parent` says about the host (see `faults`).
+    pub(super) fn note_failure(&self, parent: &InodeData, what: &str, e: &io::Error) {
+        self.faults.note(what, parent.id, e);
+        if parent.id == ROOT_ID && e.raw_os_error() == Some(libc::ENOENT) {
+            let gone = parent
+                .fd()
+                .and_then(|fd| sys::stat_fd(fd.as_fd()))
+                .is_ok_and(|st| st.st_nlink == 0);
+            if gone {
+                self.faults.note_root_gone();
+            }
+        }
     }
 
     pub(super) fn forget(&self, _ctx: &Context, inode: u64, count: u64) {

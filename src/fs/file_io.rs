@@ -112,6 +112,7 @@ impl Passthrough {
         self.follow_noatime(&h, flags);
         let mut io = sys::HostIo(h.fd());
         transfer(size, offset, |count, off| w.write_from(&mut io, count, off))
+            .inspect_err(|e| self.faults.note("read", inode, e))
     }
 
     // FileSystem::write's signature.
@@ -134,6 +135,7 @@ impl Passthrough {
         self.follow_noatime(&h, flags);
         let mut io = sys::HostIo(h.fd());
         transfer(size, offset, |count, off| r.read_to(&mut io, count, off))
+            .inspect_err(|e| self.faults.note("write", inode, e))
     }
 
     pub(super) fn flush(
@@ -157,7 +159,7 @@ impl Passthrough {
         handle: u64,
     ) -> io::Result<()> {
         let h = self.handles.get(handle, inode)?;
-        sys::fsync(h.fd(), datasync)
+        sys::fsync(h.fd(), datasync).inspect_err(|e| self.faults.note("fsync", inode, e))
     }
 
     pub(super) fn fallocate(

@@ -21,6 +21,7 @@ mod creds;
 mod dir;
 mod directories;
 mod entries;
+mod faults;
 mod file_io;
 mod filesystem;
 mod handles;
@@ -66,6 +67,8 @@ pub struct Passthrough {
     /// Set by FUSE_INIT when the guest accepted POSIX ACLs (and so sends unmasked modes).
     acl_negotiated: AtomicBool,
     counters: NoatimeCounters,
+    /// Storage failures on the host, logged once per kind.
+    faults: faults::HostFaults,
     /// Paths and handles collected while a migration copies the guest's RAM (`migrate`).
     migration_prep: std::sync::Mutex<Option<migrate::Prepared>>,
     locks: locks::LockTable,
@@ -158,6 +161,7 @@ impl Passthrough {
             writeback: AtomicBool::new(false),
             acl_negotiated: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
+            faults: Default::default(),
             migration_prep: Default::default(),
             locks: locks::LockTable::default(),
             unsupported: Default::default(),

@@ -203,6 +203,7 @@ impl Passthrough {
             }
             other => other,
         };
+        let created = created.inspect_err(|e| self.note_failure(&parent, "create", e));
         let fd = match created {
             Err(e)
                 if e.raw_os_error() == Some(libc::EEXIST)

@@ -52,4 +52,3 @@ fn max_parallel_vms() -> usize {
     }
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
-

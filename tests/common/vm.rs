@@ -3,9 +3,9 @@
 
 pub use super::accel::{accel, Accel};
 use super::assets::{assets, Assets};
-pub use super::slot::VmSlot;
 use super::daemon::Daemon;
 use super::host_action::{ack, HostAction};
+pub use super::slot::VmSlot;
 use super::{tail, target_dir, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -330,7 +330,11 @@ pub fn try_run_vm(cfg: &VmConfig) -> Result<VmOutcome> {
     }
     let _slot = VmSlot::acquire()?;
     let mut vm = Running::start(&args, &run, cfg.echo, cfg.launch.as_ref())?;
-    vm.actions = cfg.host_actions.iter().map(|a| (a.clone(), false)).collect();
+    vm.actions = cfg
+        .host_actions
+        .iter()
+        .map(|a| (a.clone(), false))
+        .collect();
     let (status, timed_out) = vm.wait(cfg.timeout)?;
     Ok(VmOutcome {
         guest_output: vm.guest.text(),
@@ -620,7 +624,9 @@ impl Running {
             if self.mounted_at.is_none() && line.starts_with("VUFS-MOUNTED") {
                 self.mounted_at = Some(self.started.elapsed());
             }
-            let asked = line.strip_prefix("HOST-DO ").and_then(|n| n.trim().parse().ok());
+            let asked = line
+                .strip_prefix("HOST-DO ")
+                .and_then(|n| n.trim().parse().ok());
             if let Some((action, done)) = asked.and_then(|n: usize| self.actions.get_mut(n)) {
                 if !*done {
                     *done = true;
