@@ -143,6 +143,11 @@ impl Floor {
                     return Err(Error::Config("store/ has no files".into()));
                 }
             }
+            Workload::Mixed => {
+                return Err(Error::Config(
+                    "the mixed workload is for soak runs through a daemon; it has no floor".into(),
+                ))
+            }
         }
         Ok(f)
     }
@@ -175,6 +180,7 @@ impl Floor {
             move |e| Error::io(what, e)
         };
         match self.w {
+            Workload::Mixed => Err(Error::Config("no floor for the mixed workload".into())),
             Workload::LookupGetattr => {
                 let name = &self.names[(k % self.names.len() as u64) as usize];
                 lookup(self.dir1000()?, name).map_err(io("lookup"))?;

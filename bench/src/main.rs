@@ -126,6 +126,37 @@ enum Cmd {
         #[arg(long = "daemon-arg", allow_hyphen_values = true)]
         daemon_args: Vec<String>,
     },
+    /// Run the `mixed` workload in rounds against the daemon on SOCKET (pid PID), sampling its
+    /// memory, fds and threads after each round; one JSON line per round, then the verdict.
+    /// Exits 1 if it found a leak or a latency drift. The tree: `vufsd-bench prepare-mixed`.
+    Soak {
+        /// The daemon's vhost-user socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The daemon's pid.
+        #[arg(long)]
+        pid: u32,
+        /// Rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Operations per round (each several requests).
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+        /// Request queues.
+        #[arg(long, default_value_t = 4)]
+        queues: u16,
+        /// The tree, relative to the shared root.
+        #[arg(long, default_value = "")]
+        dir: String,
+    },
+    /// Create only what the `mixed` workload and `soak` need in DIR: dir1000/ and scratch/.
+    PrepareMixed {
+        /// Directory to fill.
+        dir: PathBuf,
+    },
 }
 
 fn workloads(spec: &str) -> Result<Vec<Workload>, String> {
@@ -160,6 +191,46 @@ fn run(cli: Cli) -> Result<(), String> {
             r.skipped.join(", ")
         );
         return Ok(());
+    }
+    if let Some(Cmd::PrepareMixed { dir }) = &cli.command {
+        vufsd_bench::prepare::prepare_mixed(dir).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    if let Some(Cmd::Soak {
+        socket,
+        pid,
+        rounds,
+        ops,
+        depth,
+        queues,
+        dir,
+    }) = &cli.command
+    {
+        let mut cfg = DeviceConfig::new(socket);
+        cfg.request_queues = *queues;
+        let dev = Arc::new(Device::connect(cfg).map_err(|e| format!("vhost-user handshake: {e}"))?);
+        FuseClient::new(Arc::clone(&dev))
+            .init()
+            .map_err(|e| format!("FUSE_INIT: {e}"))?;
+        let soak = vufsd_bench::soak::SoakConfig {
+            rounds: *rounds,
+            ops_per_round: *ops,
+            depth: *depth,
+            queues: *queues,
+            dir: dir.clone(),
+        };
+        let rs = vufsd_bench::soak::soak(&dev, *pid, &soak, &mut |r| println!("{}", r.json()))
+            .map_err(|e| e.to_string())?;
+        let problems = vufsd_bench::soak::verdict(&rs);
+        let requests: u64 = rs.iter().map(|r| r.requests).sum();
+        if problems.is_empty() {
+            eprintln!(
+                "soak: {requests} requests in {} rounds, no leak, no drift",
+                rs.len()
+            );
+            return Ok(());
+        }
+        return Err(format!("soak: {}", problems.join("; ")));
     }
     if let Some(Cmd::StateTransfer {
         program,

@@ -85,6 +85,19 @@ pub fn prepare(dir: &Path) -> Result<PrepareReport> {
     Ok(report)
 }
 
+/// Only what the `mixed` workload needs (`dir1000/`, `scratch/`): a soak's tree, without the
+/// 1 GiB file and the store.
+pub fn prepare_mixed(dir: &Path) -> Result<PrepareReport> {
+    fs::create_dir_all(dir).map_err(io("mkdir", dir))?;
+    let mut report = PrepareReport::default();
+    part(dir, "dir1000", &mut report, || {
+        make_dir1000(&dir.join("dir1000"))
+    })?;
+    let scratch = dir.join("scratch");
+    fs::create_dir_all(&scratch).map_err(io("mkdir", &scratch))?;
+    Ok(report)
+}
+
 fn make_dir1000(d: &Path) -> Result<()> {
     fs::create_dir_all(d).map_err(io("mkdir", d))?;
     let mut buf = vec![0u8; DIR1000_FILE_SIZE];

@@ -41,6 +41,10 @@ pub enum Workload {
     RandRead4k,
     /// LOOKUP + GETATTR + OPEN + READ + RELEASE of every file under `store`.
     StoreWalk,
+    /// All of the above but the big sequential transfers, interleaved: lookups, opens and
+    /// reads, creates with a small write, mkdir/rmdir, listings, with FORGETs as Linux sends
+    /// them. For soak runs (`soak`), not in `all`.
+    Mixed,
 }
 
 impl Workload {
@@ -67,12 +71,16 @@ impl Workload {
             Workload::SeqWrite1m => "seq-write-1m",
             Workload::RandRead4k => "rand-read-4k",
             Workload::StoreWalk => "store-walk",
+            Workload::Mixed => "mixed",
         }
     }
 
     /// Parses a CLI name.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|w| w.name() == s)
+        Self::ALL
+            .into_iter()
+            .chain([Workload::Mixed])
+            .find(|w| w.name() == s)
     }
 }
 
@@ -208,12 +216,12 @@ fn setup(c: &FuseClient, dir: &str, w: Workload) -> Result<Targets> {
     }
     let need_dir1000 = matches!(
         w,
-        Workload::LookupGetattr | Workload::Readdirplus | Workload::OpenRead4k
+        Workload::LookupGetattr | Workload::Readdirplus | Workload::OpenRead4k | Workload::Mixed
     );
     if need_dir1000 {
         t.dir1000 = t.lookup(c, base, "dir1000")?;
     }
-    if w == Workload::OpenRead4k {
+    if matches!(w, Workload::OpenRead4k | Workload::Mixed) {
         for i in 0..DIR1000_FILES {
             let n = t.lookup(c, t.dir1000, &dir1000_name(i))?;
             t.files.push(n);
@@ -228,7 +236,10 @@ fn setup(c: &FuseClient, dir: &str, w: Workload) -> Result<Targets> {
             )));
         }
     }
-    if matches!(w, Workload::CreateUnlink | Workload::SeqWrite1m) {
+    if matches!(
+        w,
+        Workload::CreateUnlink | Workload::SeqWrite1m | Workload::Mixed
+    ) {
         t.scratch = t.lookup(c, base, "scratch")?;
     }
     if w == Workload::StoreWalk {
@@ -345,10 +356,70 @@ async fn task_teardown(
     Ok(())
 }
 
+/// One op of [`Workload::Mixed`]: what `k` picks, out of 16.
+async fn mixed_op(
+    p: &Pipeline<'_>,
+    sh: &Shared<'_>,
+    l: &Local,
+    st: &mut TaskState,
+    k: u64,
+) -> Result<u64> {
+    let as_ = |w| Shared {
+        w,
+        t: sh.t,
+        budget: sh.budget,
+        counter: AtomicU64::new(k),
+        write_span: sh.write_span,
+    };
+    match k % 16 {
+        0..=5 => Box::pin(one_op(p, &as_(Workload::LookupGetattr), l, st)).await,
+        6..=9 => Box::pin(one_op(p, &as_(Workload::OpenRead4k), l, st)).await,
+        10 | 11 => Box::pin(one_op(p, &as_(Workload::CreateUnlink), l, st)).await,
+        12 => Box::pin(one_op(p, &as_(Workload::Readdirplus), l, st)).await,
+        13 => {
+            let name = format!("md-{}-{}-{}", std::process::id(), st.id, st.seq);
+            st.seq += 1;
+            let e = p
+                .call(ops::mkdir(sh.t.scratch, name.as_bytes(), 0o755, 0o022))
+                .await?;
+            p.call(ops::getattr(e.nodeid, None)).await?;
+            p.call(ops::rmdir(sh.t.scratch, name.as_bytes())).await?;
+            p.forget(e.nodeid, 1)?;
+            Ok(0)
+        }
+        _ => {
+            let name = format!("cw-{}-{}-{}", std::process::id(), st.id, st.seq);
+            st.seq += 1;
+            let flags = (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u32;
+            let (e, o) = p
+                .call(ops::create(
+                    sh.t.scratch,
+                    name.as_bytes(),
+                    flags,
+                    0o644,
+                    0o022,
+                ))
+                .await?;
+            let data = vec![0x5a; 4096];
+            let n = p
+                .call(ops::write(e.nodeid, o.fh, 0, Payload::Bytes(data)))
+                .await?;
+            expect_len("mixed write", n as usize, 4096)?;
+            p.call(ops::flush(e.nodeid, o.fh, st.id)).await?;
+            p.call(ops::release(e.nodeid, o.fh, libc::O_RDWR as u32))
+                .await?;
+            p.call(ops::unlink(sh.t.scratch, name.as_bytes())).await?;
+            p.forget(e.nodeid, 1)?;
+            Ok(4096)
+        }
+    }
+}
+
 /// One op; returns payload bytes moved.
 async fn one_op(p: &Pipeline<'_>, sh: &Shared<'_>, l: &Local, st: &mut TaskState) -> Result<u64> {
     let k = sh.counter.fetch_add(1, Ordering::Relaxed);
     match sh.w {
+        Workload::Mixed => mixed_op(p, sh, l, st, k).await,
         Workload::LookupGetattr => {
             let name = dir1000_name((k % DIR1000_FILES as u64) as usize);
             let e = p.call(ops::lookup(sh.t.dir1000, name.as_bytes())).await?;

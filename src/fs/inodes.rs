@@ -190,6 +190,30 @@ struct Tables {
     by_name: HashMap<NameKey, u64>,
 }
 
+impl Tables {
+    /// After a guest forgot most of a big tree (a `find` over a store, then memory pressure),
+    /// give the tables' memory back rather than keep their high-water mark for ever. Shrinks
+    /// to twice the entries left once a table is under a quarter full, so that a table that
+    /// goes up and down by a few entries never rehashes.
+    fn shrink_if_sparse(&mut self) {
+        const MIN: usize = 4096;
+        let sparse = |cap: usize, len: usize| cap > MIN && len < cap / 4;
+        let mut shrunk = false;
+        if sparse(self.by_id.capacity(), self.by_id.len()) {
+            self.by_id.shrink_to(self.by_id.len() * 2);
+            self.by_key.shrink_to(self.by_key.len() * 2);
+            shrunk = true;
+        }
+        if sparse(self.by_name.capacity(), self.by_name.len()) {
+            self.by_name.shrink_to(self.by_name.len() * 2);
+            shrunk = true;
+        }
+        if shrunk {
+            crate::sys::release_free_memory();
+        }
+    }
+}
+
 pub struct InodeStore {
     tables: RwLock<Tables>,
     next_id: AtomicU64,
@@ -422,6 +446,7 @@ impl InodeStore {
                 self.fds_held.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        tables.shrink_if_sparse();
         true
     }
 
