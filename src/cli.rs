@@ -296,6 +296,12 @@ pub struct Opt {
     #[arg(long)]
     pub migration_confirm_paths: bool,
 
+    /// Record every FUSE request the guest sends, and the ids the replies hand out, into FILE
+    /// (file contents never), for `vufsd-bench replay` (docs/performance.md). Off by default;
+    /// costs a copy and a buffered write per request when on.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
     /// Log level: error, warn, info, debug, trace or off.
     #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
     pub log_level: LevelFilter,

@@ -381,6 +381,9 @@ fn log_summary(dispatcher: &Dispatcher) {
     if !unsupported.is_empty() {
         info!("FUSE opcodes answered ENOSYS (opcode x count): {unsupported:?}");
     }
+    if let Some(t) = dispatcher.tracer() {
+        t.flush();
+    }
 }
 
 /// The namespace sandbox's parent: wait for the sandboxed daemon and exit as it did.
@@ -493,6 +496,18 @@ fn serve(
         created,
         socket_file,
     } = listening;
+    // Before the sandbox: inside it, the trace's path may not exist.
+    let trace = opt
+        .trace
+        .as_ref()
+        .map(|p| {
+            std::fs::File::create(p)
+                .and_then(crate::trace::Tracer::new)
+                .map_err(|e| {
+                    DaemonError::Setup(format!("cannot create the trace {}", p.display()), e)
+                })
+        })
+        .transpose()?;
     sandbox::prepare(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let notifier = connect_notifier();
     let jail = match sandbox::enter(sandbox_cfg, &opt.shared_dir).map_err(DaemonError::Sandbox)? {
@@ -530,7 +545,10 @@ fn serve(
     sandbox::restrict_syscalls(sandbox_cfg).map_err(DaemonError::Sandbox)?;
     let device = Arc::new(
         FsDevice::new(
-            Dispatcher::new(fs),
+            match trace {
+                Some(t) => Dispatcher::new(fs).with_tracer(t),
+                None => Dispatcher::new(fs),
+            },
             opt.thread_pool_size,
             opt.migration_options(),
         )

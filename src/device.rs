@@ -61,6 +61,8 @@ pub struct FsDevice {
     in_pool: Arc<AtomicUsize>,
     migration: migration::Options,
     transfer: Transfer,
+    /// Which queues each worker thread serves (`queues_per_thread`).
+    queue_masks: Vec<u64>,
     /// Collects the migration state's paths while QEMU copies the guest's RAM.
     prep: migration::Preparation,
 }
@@ -89,6 +91,7 @@ impl FsDevice {
             in_pool: Arc::new(AtomicUsize::new(0)),
             migration,
             transfer: Transfer::default(),
+            queue_masks: queue_masks(),
             prep: migration::Preparation::default(),
         })
     }
@@ -129,8 +132,8 @@ impl FsDevice {
         }
     }
 
-    /// Serve every available chain of `vring`; returns whether there were any.
-    fn process_queue(&self, vring: &Vring) -> io::Result<bool> {
+    /// Serve every available chain of `vring` (queue `queue`); returns whether there were any.
+    fn process_queue(&self, vring: &Vring, queue: u16) -> io::Result<bool> {
         let atomic = self.memory()?;
         let mem = atomic.memory();
         let event_idx = self.event_idx.load(Ordering::Relaxed);
@@ -149,12 +152,12 @@ impl FsDevice {
             let head = chain.head_index();
             let opcode = Dispatcher::peek_header(&*mem, &chain).map(|h| h.opcode);
             if opcode.is_some_and(crate::protocol::may_block) {
-                self.run_blocking(&atomic, vring, chain, event_idx);
+                self.run_blocking(&atomic, vring, chain, event_idx, queue);
                 continue;
             }
             match &self.pool {
                 None => {
-                    let len = self.dispatcher.handle_chain(&*mem, chain);
+                    let len = self.dispatcher.serve(&*mem, chain, queue);
                     let mut state = vring.get_mut();
                     if let Err(e) = state.add_used(head, len) {
                         warn!("cannot return a descriptor to the used ring: {e}");
@@ -175,7 +178,7 @@ impl FsDevice {
                     pool.execute(move || {
                         let mem = atomic.memory();
                         let chain = chain;
-                        let len = dispatcher.handle_chain(&*mem, chain);
+                        let len = dispatcher.serve(&*mem, chain, queue);
                         Self::complete(&mut vring.get_mut(), head, len, event_idx);
                         in_pool.fetch_sub(1, Ordering::AcqRel);
                     });
@@ -198,6 +201,7 @@ impl FsDevice {
         vring: &Vring,
         chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestRam>>,
         event_idx: bool,
+        queue: u16,
     ) {
         let head = chain.head_index();
         if self.blocking.fetch_add(1, Ordering::AcqRel) >= MAX_BLOCKING {
@@ -217,7 +221,7 @@ impl FsDevice {
             .name("vufsd-wait".into())
             .spawn(move || {
                 let mem = atomic2.memory();
-                let len = dispatcher.handle_chain(&*mem, chain);
+                let len = dispatcher.serve(&*mem, chain, queue);
                 Self::complete(&mut vring2.get_mut(), head, len, event_idx);
                 blocking.fetch_sub(1, Ordering::AcqRel);
             });
@@ -255,6 +259,33 @@ impl FsDevice {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+}
+
+/// Which queues each worker thread serves: the high-priority queue (FORGETs) on a thread of
+/// its own, so that a busy request queue never delays the forgets that release inodes; request
+/// queues spread over one thread per CPU, since more threads than CPUs only add switches (and
+/// idle memory).
+fn queue_masks() -> Vec<u64> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cpus.clamp(1, MAX_REQUEST_QUEUES);
+    let mut masks = vec![1u64];
+    masks.resize(1 + workers, 0);
+    for q in 1..=MAX_REQUEST_QUEUES {
+        masks[1 + (q - 1) % workers] |= 1u64 << q;
+    }
+    masks
+}
+
+impl FsDevice {
+    /// The vhost-user queue index of worker `thread`'s `event`-th queue (its `event`-th set
+    /// bit in `queues_per_thread`), for the trace.
+    fn queue_index(&self, thread: usize, event: u16) -> u16 {
+        let mask = self.queue_masks.get(thread).copied().unwrap_or(0);
+        (0..64u16)
+            .filter(|q| mask & (1 << q) != 0)
+            .nth(usize::from(event))
+            .unwrap_or(u16::MAX)
     }
 }
 
@@ -363,14 +394,7 @@ impl VhostUserBackend for FsDevice {
     /// never delays the forgets that release inodes; request queues spread over one thread
     /// per CPU, since more threads than CPUs only add switches (and idle memory).
     fn queues_per_thread(&self) -> Vec<u64> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = cpus.clamp(1, MAX_REQUEST_QUEUES);
-        let mut masks = vec![1u64];
-        masks.resize(1 + workers, 0);
-        for q in 1..=MAX_REQUEST_QUEUES {
-            masks[1 + (q - 1) % workers] |= 1u64 << q;
-        }
-        masks
+        self.queue_masks.clone()
     }
 
     fn handle_event(
@@ -378,7 +402,7 @@ impl VhostUserBackend for FsDevice {
         device_event: u16,
         evset: EventSet,
         vrings: &[Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!(
@@ -389,13 +413,14 @@ impl VhostUserBackend for FsDevice {
         let vring = vrings
             .get(usize::from(device_event))
             .ok_or_else(|| io::Error::other(format!("unknown queue event {device_event}")))?;
+        let queue = self.queue_index(thread_id, device_event);
         if self.event_idx.load(Ordering::Relaxed) {
             // Keep going until the guest added nothing while we worked with notifications off.
             loop {
                 vring
                     .disable_notification()
                     .map_err(|e| io::Error::other(format!("{e}")))?;
-                self.process_queue(vring)?;
+                self.process_queue(vring, queue)?;
                 let more = vring
                     .enable_notification()
                     .map_err(|e| io::Error::other(format!("{e}")))?;
@@ -404,7 +429,7 @@ impl VhostUserBackend for FsDevice {
                 }
             }
         } else {
-            self.process_queue(vring)?;
+            self.process_queue(vring, queue)?;
         }
         Ok(())
     }

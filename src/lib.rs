@@ -20,3 +20,4 @@ pub mod protocol;
 pub mod sandbox;
 pub mod sys;
 pub mod systemd;
+pub mod trace;

@@ -84,6 +84,7 @@ pub fn may_block(opcode: u32) -> bool {
 pub struct Dispatcher {
     server: Server<Arc<Passthrough>>,
     fs: Arc<Passthrough>,
+    tracer: Option<crate::trace::Tracer>,
 }
 
 impl Dispatcher {
@@ -91,7 +92,35 @@ impl Dispatcher {
         Self {
             server: Server::new(fs.clone()),
             fs,
+            tracer: None,
         }
+    }
+
+    /// Record every request into `tracer` (`--trace`).
+    pub fn with_tracer(mut self, tracer: crate::trace::Tracer) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    /// The trace, if one is being written.
+    pub fn tracer(&self) -> Option<&crate::trace::Tracer> {
+        self.tracer.as_ref()
+    }
+
+    /// [`handle_chain`](Self::handle_chain) for a chain taken off queue `queue`, recorded in
+    /// the trace when there is one.
+    pub fn serve<M>(&self, mem: &M::Target, chain: DescriptorChain<M>, queue: u16) -> u32
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+    {
+        let Some(t) = &self.tracer else {
+            return self.handle_chain(mem, chain);
+        };
+        let pending = t.begin(mem, &chain, queue);
+        let used = self.handle_chain(mem, chain.clone());
+        t.end(pending, mem, &chain, used);
+        used
     }
 
     pub fn fs(&self) -> &Arc<Passthrough> {

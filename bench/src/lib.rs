@@ -13,7 +13,7 @@
 //! - [`client`] (blocking) and [`pipeline`] (many requests in flight per queue).
 //! - [`daemon`]: spawning a daemon under test; [`procstat`]: its resource use; [`stats`],
 //!   [`workload`], [`floor`], [`prepare`]: the benchmark; [`state_transfer`]: a migration's
-//!   device-state hand-over, measured; [`soak`]: long mixed runs watching for leaks and drift.
+//!   device-state hand-over, measured; [`replay`]: recorded guest workloads sent again; [`soak`]: long mixed runs watching for leaks and drift.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -43,6 +43,7 @@ pub mod pipeline;
 pub mod prepare;
 pub mod procstat;
 pub mod queue;
+pub mod replay;
 pub mod soak;
 pub mod state_transfer;
 pub mod stats;

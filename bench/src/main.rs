@@ -152,6 +152,25 @@ enum Cmd {
         #[arg(long, default_value = "")]
         dir: String,
     },
+    /// Replay a `vufsd --trace` file: with --prepare, create the tree it starts from in DIR
+    /// (the daemon's shared directory, empty); with --socket, send its requests to the
+    /// daemon there as the guest sent them, and report.
+    Replay {
+        /// The trace (`-` reads standard input, e.g. `xz -dc trace.xz | vufsd-bench replay -`).
+        trace: PathBuf,
+        /// Create the starting tree in this directory and exit.
+        #[arg(long, conflicts_with = "socket")]
+        prepare: Option<PathBuf>,
+        /// The daemon's vhost-user socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The daemon's pid, for its CPU time.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create only what the `mixed` workload and `soak` need in DIR: dir1000/ and scratch/.
     PrepareMixed {
         /// Directory to fill.
@@ -191,6 +210,16 @@ fn run(cli: Cli) -> Result<(), String> {
             r.skipped.join(", ")
         );
         return Ok(());
+    }
+    if let Some(Cmd::Replay {
+        trace,
+        prepare,
+        socket,
+        pid,
+        json,
+    }) = &cli.command
+    {
+        return replay_cmd(trace, prepare.as_deref(), socket.as_deref(), *pid, *json);
     }
     if let Some(Cmd::PrepareMixed { dir }) = &cli.command {
         vufsd_bench::prepare::prepare_mixed(dir).map_err(|e| e.to_string())?;
@@ -344,6 +373,108 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(Some(r)) => println!("{}\n    daemon: {}", s.human(), r.json_members()),
             Ok(None) => report(&s, cli.json),
             Err(e) => return Err(format!("{}: reading the daemon's /proc: {e}", w.name())),
+        }
+    }
+    Ok(())
+}
+
+fn replay_cmd(
+    trace: &std::path::Path,
+    prepare: Option<&std::path::Path>,
+    socket: Option<&std::path::Path>,
+    pid: Option<u32>,
+    json: bool,
+) -> Result<(), String> {
+    use std::io::Read;
+    use vufsd_bench::replay;
+    let mut bytes = Vec::new();
+    if trace.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(trace).and_then(|mut f| f.read_to_end(&mut bytes))
+    }
+    .map_err(|e| format!("{}: {e}", trace.display()))?;
+    let records = replay::record::parse(&bytes).map_err(|e| e.to_string())?;
+    if let Some(dir) = prepare {
+        let tree = replay::tree::starting_tree(&records);
+        tree.create(dir).map_err(|e| e.to_string())?;
+        eprintln!(
+            "{} entries created in {}",
+            tree.entries.len(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    let socket = socket.ok_or("--socket or --prepare is required")?;
+    let mut cfg = DeviceConfig::new(socket);
+    cfg.memory_size = 512 << 20;
+    cfg.timeout = Duration::from_secs(30);
+    let dev = Arc::new(Device::connect(cfg).map_err(|e| format!("vhost-user handshake: {e}"))?);
+    let cpu0 = pid
+        .map(procstat::sample)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let r = replay::replay(&dev, &records).map_err(|e| e.to_string())?;
+    let cpu1 = pid
+        .map(procstat::sample)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let cpu_us = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns) as f64 / 1e3),
+        _ => None,
+    };
+    let mut ops: Vec<_> = r.per_opcode.iter().collect();
+    ops.sort_by_key(|(op, h)| (std::cmp::Reverse(h.count()), **op));
+    if json {
+        let per: Vec<String> = ops
+            .iter()
+            .map(|(op, h)| {
+                format!(
+                    "\"{op}\":{{\"n\":{},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+                    h.count(),
+                    h.quantile(0.5).as_secs_f64() * 1e6,
+                    h.quantile(0.99).as_secs_f64() * 1e6
+                )
+            })
+            .collect();
+        println!(
+            "{{\"requests\":{},\"elapsed_s\":{:.4},\"requests_per_s\":{:.0},\"cpu_us\":{},\"skipped\":{},\"mismatches\":{},\"max_in_flight\":{},\"opcodes\":{{{}}}}}",
+            r.requests,
+            r.elapsed.as_secs_f64(),
+            r.requests_per_sec(),
+            cpu_us.map_or("null".into(), |c| format!("{c:.0}")),
+            r.skipped,
+            r.mismatches.values().sum::<u64>(),
+            r.max_in_flight,
+            per.join(",")
+        );
+    } else {
+        println!(
+            "{} requests in {:.3} s: {:.0} requests/s, {} at most in flight; {} skipped, {} answered otherwise than recorded",
+            r.requests,
+            r.elapsed.as_secs_f64(),
+            r.requests_per_sec(),
+            r.max_in_flight,
+            r.skipped,
+            r.mismatches.values().sum::<u64>()
+        );
+        if let Some(c) = cpu_us {
+            println!(
+                "daemon CPU: {:.0} us, {:.2} us per request",
+                c,
+                c / r.requests.max(1) as f64
+            );
+        }
+        for (op, h) in ops {
+            println!(
+                "  opcode {op:>2}: {:>7} requests, p50 {:>8.1} us, p99 {:>8.1} us",
+                h.count(),
+                h.quantile(0.5).as_secs_f64() * 1e6,
+                h.quantile(0.99).as_secs_f64() * 1e6
+            );
+        }
+        if !r.mismatches.is_empty() {
+            println!("  answered otherwise (opcode x count): {:?}", r.mismatches);
         }
     }
     Ok(())
