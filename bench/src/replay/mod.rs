@@ -298,7 +298,14 @@ pub fn replay(dev: &Arc<Device>, records: &[Record]) -> Result<ReplayReport> {
                 }
                 let mut hp = dev.hiprio()?;
                 hp.poll()?;
-                let t = hp.submit(&req.to_chain(unique, creds))?;
+                let chain = req.to_chain(unique, creds);
+                let t = loop {
+                    match hp.submit(&chain) {
+                        // The daemon has not taken the last ones yet: wait for it.
+                        Err(Error::QueueFull) => drop(hp.wait(timeout)?),
+                        r => break r?,
+                    }
+                };
                 hp.abandon(t);
                 report.requests += 1;
                 finish(next, &mut done, &mut prefix);
