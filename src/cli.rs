@@ -241,6 +241,13 @@ pub struct Opt {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub thread_pool_size: usize,
 
+    /// After serving requests, keep looking for more on the same queue for this many
+    /// microseconds before waiting for the guest's next kick (0: never). Saves the guest a
+    /// kick and the daemon a wakeup per request when requests come close together, at the
+    /// price of that much CPU after each burst; see docs/performance.md.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub poll_us: u64,
+
     /// Sandbox to run in, so that a guest that took over the daemon still finds only the shared
     /// directory (docs/security.md). If `namespace` cannot be set up, vufsd refuses to start
     /// and says which mode to use instead.

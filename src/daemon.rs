@@ -552,6 +552,7 @@ fn serve(
             opt.thread_pool_size,
             opt.migration_options(),
         )
+        .map(|d| d.with_poll(std::time::Duration::from_micros(opt.poll_us)))
         .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
     );
     spawn_signal_thread(device.dispatcher().clone(), socket_file.clone(), parent)?;

@@ -665,3 +665,44 @@ fn inodes_past_the_fd_budget_are_held_by_handle() {
         }
     }
 }
+
+/// `--poll-us`: the worker keeps looking for requests after a burst; requests that come while
+/// it polls (no kick) and after it gave up (a kick) are both served, and the daemon stays idle
+/// afterwards.
+#[test]
+fn a_polling_worker_serves_requests_with_and_without_kicks() {
+    let env = start(&["--poll-us", "2000"]);
+    let c = &env.client;
+    for i in 0..50 {
+        let e = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+        assert_eq!(e.attr.size, 5);
+        c.forget(e.nodeid, 1).unwrap();
+        // Some requests inside the poll window, some after it.
+        if i % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let q = c.device().request_queue(0).unwrap();
+    // With polling, most of those 50 requests needed no kick.
+    assert!(
+        q.virtqueue().kicks() < 40,
+        "{} kicks for 50 requests",
+        q.virtqueue().kicks()
+    );
+    drop(q);
+    // After the window, the daemon sleeps: its CPU time stops growing.
+    std::thread::sleep(Duration::from_millis(20));
+    let a = vufsd_bench::procstat::sample(env.daemon.pid())
+        .unwrap()
+        .cpu_ns;
+    std::thread::sleep(Duration::from_millis(200));
+    let b = vufsd_bench::procstat::sample(env.daemon.pid())
+        .unwrap()
+        .cpu_ns;
+    assert!(
+        b - a < 20_000_000,
+        "an idle polling daemon used {} ms",
+        (b - a) / 1_000_000
+    );
+    env.assert_alive("after polling");
+}
