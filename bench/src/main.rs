@@ -438,7 +438,7 @@ fn replay_cmd(
             })
             .collect();
         println!(
-            "{{\"requests\":{},\"elapsed_s\":{:.4},\"requests_per_s\":{:.0},\"cpu_us\":{},\"skipped\":{},\"mismatches\":{},\"max_in_flight\":{},\"opcodes\":{{{}}}}}",
+            "{{\"requests\":{},\"elapsed_s\":{:.4},\"requests_per_s\":{:.0},\"cpu_us\":{},\"skipped\":{},\"mismatches\":{},\"max_in_flight\":{},\"kicks\":{},\"opcodes\":{{{}}}}}",
             r.requests,
             r.elapsed.as_secs_f64(),
             r.requests_per_sec(),
@@ -446,15 +446,17 @@ fn replay_cmd(
             r.skipped,
             r.mismatches.values().sum::<u64>(),
             r.max_in_flight,
+            r.kicks,
             per.join(",")
         );
     } else {
         println!(
-            "{} requests in {:.3} s: {:.0} requests/s, {} at most in flight; {} skipped, {} answered otherwise than recorded",
+            "{} requests in {:.3} s: {:.0} requests/s, {} at most in flight, {} kicks; {} skipped, {} answered otherwise than recorded",
             r.requests,
             r.elapsed.as_secs_f64(),
             r.requests_per_sec(),
             r.max_in_flight,
+            r.kicks,
             r.skipped,
             r.mismatches.values().sum::<u64>()
         );

@@ -46,6 +46,9 @@ pub struct ReplayReport {
     pub mismatches: HashMap<u32, u64>,
     /// Most requests in flight at once.
     pub max_in_flight: usize,
+    /// Kicks (eventfd writes) the request queue needed: fewer when the daemon is still busy,
+    /// or polling, when the next request comes.
+    pub kicks: u64,
 }
 
 impl ReplayReport {
@@ -353,5 +356,6 @@ pub fn replay(dev: &Arc<Device>, records: &[Record]) -> Result<ReplayReport> {
         }
     }
     report.elapsed = t0.elapsed();
+    report.kicks = q.virtqueue().kicks();
     Ok(report)
 }
