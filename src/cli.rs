@@ -303,6 +303,21 @@ pub struct Opt {
     #[arg(long)]
     pub migration_confirm_paths: bool,
 
+    /// Answer connections on this unix socket with what the daemon has done and holds
+    /// (OpenMetrics text: requests and errors, latency histograms, bytes, inodes, handles,
+    /// fds, O_NOATIME decisions; docs/stats.md). Mode 0600: only the daemon's user may
+    /// connect, unless --stats-group names a group. Read it with `vufsd --print-stats PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: Option<PathBuf>,
+
+    /// Let members of this group (name or gid) read --stats-socket too (mode 0660).
+    #[arg(long, value_name = "GROUP", requires = "stats_socket")]
+    pub stats_group: Option<String>,
+
+    /// Print what the daemon listening on --stats-socket PATH reports, and exit.
+    #[arg(long, value_name = "PATH")]
+    pub print_stats: Option<PathBuf>,
+
     /// Record every FUSE request the guest sends, and the ids the replies hand out, into FILE
     /// (file contents never), for `vufsd-bench replay` (docs/performance.md). Off by default;
     /// costs a copy and a buffered write per request when on.

@@ -293,6 +293,16 @@ fn listener(opt: &Opt) -> Result<(UnixListener, Option<SocketFile>), DaemonError
     Ok((l, Some(SocketFile::new(path)?)))
 }
 
+/// `--stats-socket`: its owner only (0600), or also `group` (0660).
+fn restrict_stats_socket(path: &Path, group: Option<&str>) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    match group {
+        Some(g) => give_socket_to_group(path, g),
+        None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| DaemonError::Setup(format!("cannot restrict {}", path.display()), e)),
+    }
+}
+
 /// `--socket-group`: let members of `group` connect (QEMU often runs as another user in the
 /// `kvm` group), and nobody else.
 fn give_socket_to_group(path: &Path, group: &str) -> Result<(), DaemonError> {
@@ -310,25 +320,35 @@ fn give_socket_to_group(path: &Path, group: &str) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::SocketGroup(group.to_owned(), Some(e)))
 }
 
-const EXIT_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+/// The signals the signal thread waits for: the exit signals, and SIGUSR1 (log the stats).
+const HANDLED_SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
 
 /// Handle SIGTERM/SIGINT/SIGHUP on a thread of their own: log, clean up, exit 0. With
 /// `--exit-with-parent`, the parent's exit arrives here as a SIGTERM too.
 fn spawn_signal_thread(
     dispatcher: Arc<Dispatcher>,
     socket: SocketSlot,
+    stats_socket: SocketSlot,
     parent: Option<Parent>,
 ) -> Result<(), DaemonError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Ok(sig) = sys::wait_signal(&EXIT_SIGNALS) {
+            while let Ok(sig) = sys::wait_signal(&HANDLED_SIGNALS) {
+                if sig == libc::SIGUSR1 {
+                    info!(
+                        "{}",
+                        dispatcher.stats().summary(&dispatcher.fs().holdings())
+                    );
+                    continue;
+                }
                 match parent.filter(|p| sig == libc::SIGTERM && p.is_gone()) {
                     Some(p) => warn!("{}", p.exit_message()),
                     None => info!("received signal {sig}, exiting"),
                 }
                 log_summary(&dispatcher);
                 remove_socket(&socket);
+                remove_socket(&stats_socket);
                 std::process::exit(0);
             }
         })
@@ -433,7 +453,7 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     // First, so that a parent exiting while we start is noticed (see Parent::arm).
     let parent = opt.exit_with_parent.then(Parent::record);
     // Before any thread exists, so that every thread inherits the mask.
-    sys::block_signals(&EXIT_SIGNALS)
+    sys::block_signals(&HANDLED_SIGNALS)
         .map_err(|e| DaemonError::Setup("cannot block signals".into(), e))?;
 
     let sandbox_cfg = opt.sandbox_config();
@@ -496,7 +516,19 @@ fn serve(
         created,
         socket_file,
     } = listening;
-    // Before the sandbox: inside it, the trace's path may not exist.
+    // Before the sandbox: inside it, these paths may not exist.
+    let stats_listener = match &opt.stats_socket {
+        None => None,
+        Some(p) => {
+            let l = bind_socket(p)?;
+            restrict_stats_socket(p, opt.stats_group.as_deref())?;
+            Some((l, SocketFile::new(p)?))
+        }
+    };
+    let (stats_listener, stats_socket): (Option<UnixListener>, SocketSlot) = match stats_listener {
+        Some((l, f)) => (Some(l), Arc::new(Mutex::new(Some(f)))),
+        None => (None, Arc::new(Mutex::new(None))),
+    };
     let trace = opt
         .trace
         .as_ref()
@@ -555,7 +587,17 @@ fn serve(
         .map(|d| d.with_poll(std::time::Duration::from_micros(opt.poll_us)))
         .map_err(|e| DaemonError::Setup("cannot start the thread pool".into(), e))?,
     );
-    spawn_signal_thread(device.dispatcher().clone(), socket_file.clone(), parent)?;
+    spawn_signal_thread(
+        device.dispatcher().clone(),
+        socket_file.clone(),
+        stats_socket.clone(),
+        parent,
+    )?;
+    if let Some(l) = stats_listener {
+        let d = device.dispatcher().clone();
+        crate::stats::serve(l, move || d.stats().openmetrics(&d.fs().holdings()))
+            .map_err(|e| DaemonError::Setup("cannot start the stats thread".into(), e))?;
+    }
     let mut daemon = VhostUserDaemon::new(
         "vufsd".to_string(),
         device.clone(),
@@ -591,6 +633,7 @@ fn serve(
 
     let result = daemon.wait();
     log_summary(device.dispatcher());
+    remove_socket(&stats_socket);
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(BackendError::HandleRequest(

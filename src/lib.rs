@@ -18,6 +18,7 @@ pub mod migration;
 mod pool;
 pub mod protocol;
 pub mod sandbox;
+pub mod stats;
 pub mod sys;
 pub mod systemd;
 pub mod trace;

@@ -85,6 +85,7 @@ pub struct Dispatcher {
     server: Server<Arc<Passthrough>>,
     fs: Arc<Passthrough>,
     tracer: Option<crate::trace::Tracer>,
+    stats: crate::stats::Stats,
 }
 
 impl Dispatcher {
@@ -93,7 +94,13 @@ impl Dispatcher {
             server: Server::new(fs.clone()),
             fs,
             tracer: None,
+            stats: crate::stats::Stats::default(),
         }
+    }
+
+    /// What has been served so far.
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.stats
     }
 
     /// Record every request into `tracer` (`--trace`).
@@ -114,12 +121,22 @@ impl Dispatcher {
         M: Deref + Clone,
         M::Target: GuestMemory + Sized,
     {
-        let Some(t) = &self.tracer else {
-            return self.handle_chain(mem, chain);
+        let t0 = self.stats.begin();
+        let pending = self.tracer.as_ref().map(|t| t.begin(mem, &chain, queue));
+        let (used, header) = self.handle(mem, chain.clone());
+        if let (Some(t), Some(p)) = (&self.tracer, pending) {
+            t.end(p, mem, &chain, used);
+        }
+        let (opcode, in_len) = header.map_or((0, 0), |h| (h.opcode, h.len));
+        let errno = reply_errno(mem, &chain, used);
+        let (read, written) = match opcode {
+            _ if errno != 0 => (0, 0),
+            x if x == Opcode::Read as u32 => (u64::from(used.saturating_sub(16)), 0),
+            // fuse_in_header + fuse_write_in, then the data.
+            x if x == Opcode::Write as u32 => (0, u64::from(in_len.saturating_sub(80))),
+            _ => (0, 0),
         };
-        let pending = t.begin(mem, &chain, queue);
-        let used = self.handle_chain(mem, chain.clone());
-        t.end(pending, mem, &chain, used);
+        self.stats.end(t0, opcode, errno, read, written);
         used
     }
 
@@ -175,10 +192,27 @@ impl Dispatcher {
         M: Deref + Clone,
         M::Target: GuestMemory + Sized,
     {
+        self.handle(mem, chain).0
+    }
+
+    /// [`handle_chain`](Self::handle_chain), and the request's header if it had one.
+    fn handle<M>(&self, mem: &M::Target, chain: DescriptorChain<M>) -> (u32, Option<InHeader>)
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+    {
         let Some(header) = Self::peek_header(mem, &chain) else {
             warn!("dropping a request without a readable FUSE header");
-            return 0;
+            return (0, None);
         };
+        (self.serve_request(mem, chain, header), Some(header))
+    }
+
+    fn serve_request<M>(&self, mem: &M::Target, chain: DescriptorChain<M>, header: InHeader) -> u32
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+    {
         let opcode = header.opcode;
         // fuse-backend-rs maps each buffer inside one memory region: one that is not guest
         // memory, or that spans two regions, fails here. Answer EIO where the reply buffer
@@ -525,6 +559,25 @@ fn reply_error<S: vm_memory::bitmap::BitmapSlice>(
             0
         }
     }
+}
+
+/// The errno of the reply written into `chain` (`used` bytes): 0 for success or no reply.
+fn reply_errno<M>(mem: &M::Target, chain: &DescriptorChain<M>, used: u32) -> i32
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    if (used as usize) < size_of::<OutHeader>() {
+        return 0;
+    }
+    let Some(first) = chain.clone().writable().next() else {
+        return 0;
+    };
+    if (first.len() as usize) < size_of::<OutHeader>() {
+        return 0;
+    }
+    mem.read_obj::<OutHeader>(first.addr())
+        .map_or(0, |h| h.error.saturating_neg())
 }
 
 #[cfg(test)]

@@ -39,7 +39,6 @@ pub fn first_entry(buf: &[u8]) -> Option<(RawDirEntry<'_>, usize)> {
 }
 
 /// Iterate over the records in `buf`; a malformed record ends the iteration.
-#[cfg(test)]
 pub fn entries(buf: &[u8]) -> impl Iterator<Item = RawDirEntry<'_>> {
     let mut pos = 0usize;
     std::iter::from_fn(move || {

@@ -312,6 +312,11 @@ impl InodeStore {
         Ok(())
     }
 
+    /// How many inode fds may be held before new inodes are held by handle.
+    pub fn fd_budget(&self) -> usize {
+        self.fd_budget
+    }
+
     /// Inode fds held now (the mounts' fds not counted).
     pub fn fds_held(&self) -> usize {
         self.fds_held.load(Ordering::Relaxed)

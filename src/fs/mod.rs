@@ -69,6 +69,8 @@ pub struct Passthrough {
     counters: NoatimeCounters,
     /// Storage failures on the host, logged once per kind.
     faults: faults::HostFaults,
+    /// RLIMIT_NOFILE as it was set up (read once: the seccomp filter has no getrlimit).
+    fd_limit: u64,
     /// Paths and handles collected while a migration copies the guest's RAM (`migrate`).
     migration_prep: std::sync::Mutex<Option<migrate::Prepared>>,
     locks: locks::LockTable,
@@ -162,6 +164,7 @@ impl Passthrough {
             acl_negotiated: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
             faults: Default::default(),
+            fd_limit: sys::nofile_limit(),
             migration_prep: Default::default(),
             locks: locks::LockTable::default(),
             unsupported: Default::default(),
@@ -202,6 +205,42 @@ impl Passthrough {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// What the daemon holds now, for `--stats-socket` and SIGUSR1.
+    pub fn holdings(&self) -> crate::stats::Holdings {
+        let (inodes, handles) = self.table_sizes();
+        crate::stats::Holdings {
+            inodes,
+            handles,
+            inode_fds: self.inodes.fds_held(),
+            inode_fd_budget: self.inodes.fd_budget(),
+            fds: self.open_fds().unwrap_or(0),
+            fd_limit: self.fd_limit,
+            noatime: self.noatime_counters(),
+        }
+    }
+
+    /// Open fds of the process: the entries of /proc/self/fd (through our fd for it: inside a
+    /// sandbox /proc has no path).
+    fn open_fds(&self) -> io::Result<usize> {
+        let dir = sys::openat(
+            self.proc_self_fd.as_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut count = 0usize;
+        loop {
+            let n = sys::getdents64(dir.as_fd(), &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            count += dir::entries(&buf[..n]).count();
+        }
+        // Not ".", "..", nor the fd just opened to count them.
+        Ok(count.saturating_sub(3))
     }
 
     /// Inodes and handles currently held, for diagnostics.

@@ -3,7 +3,7 @@
 //!
 //! The pid namespace only applies to children, so the process forks: the child is pid 1 of the
 //! new namespace and becomes the daemon; the parent stays outside as a supervisor that
-//! forwards SIGTERM/SIGINT/SIGHUP to it and exits with its status. The child dies with its
+//! forwards SIGTERM/SIGINT/SIGHUP (and SIGUSR1, which asks for the stats) to it and exits with its status. The child dies with its
 //! parent (PR_SET_PDEATHSIG), and reaps nothing: it ignores SIGCHLD, so the kernel would reap
 //! any child for it (it makes none).
 
@@ -17,7 +17,7 @@ use super::sys::{self, ChildExit, Forked};
 use super::{Entered, Jail, SandboxError};
 
 /// Signals the supervisor passes on to the daemon.
-pub const FORWARDED: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+pub const FORWARDED: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
 
 /// The parent side: the sandboxed daemon's pid (in our pid namespace), the pipe whose closing
 /// tells the child we are gone, and the pipe the child sends messages on (see
