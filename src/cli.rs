@@ -194,6 +194,16 @@ pub struct Opt {
     #[arg(long, overrides_with = "xattr")]
     pub no_xattr: bool,
 
+    /// Do not serve POSIX record locks (fcntl F_SETLK...): the guest kernel then keeps them
+    /// to itself, and host processes do not see them (libvirt's `<lock posix='off'/>`).
+    #[arg(long)]
+    pub no_posix_lock: bool,
+
+    /// Do not serve flock(2) locks: the guest kernel keeps them to itself (libvirt's
+    /// `<lock flock='off'/>`).
+    #[arg(long)]
+    pub no_flock: bool,
+
     /// Disable READDIRPLUS (entries with attributes in one reply).
     #[arg(long)]
     pub no_readdirplus: bool,
@@ -410,6 +420,8 @@ impl Opt {
             xattr: self.xattr && !self.no_xattr,
             readonly: self.readonly,
             readdirplus: !self.no_readdirplus,
+            posix_locks: !self.no_posix_lock,
+            flock: !self.no_flock,
             allow_direct_io: self.allow_direct_io,
             noatime: self.noatime_policy(),
             posix_acl,

@@ -150,12 +150,11 @@ pub struct PendingArgs {
     pub gid_map: Vec<String>,
 }
 
-/// Rewrite every `-o LIST` (also `-oLIST`, `-o=LIST`) into the long options its items name,
-/// with the warnings for items vufsd accepts without acting on them. The first element is the
-/// program name and is kept. An item vufsd cannot honour is an error whose text is the one
-/// line to show the user.
-pub fn expand_legacy(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<Notice>), String> {
-    let mut notices = Vec::new();
+/// Rewrite every `-o LIST` (also `-oLIST`, `-o=LIST`) into the long options its items name.
+/// The first element is the program name and is kept. An item vufsd cannot honour is an error
+/// whose text is the one line to show the user; options it accepts without acting on them are
+/// reviewed with the rest ([`review`]).
+pub fn expand_legacy(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut out = Vec::with_capacity(args.len());
     let mut it = args.into_iter();
     out.extend(it.next());
@@ -176,10 +175,10 @@ pub fn expand_legacy(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<Notice>)
             continue;
         };
         for item in split_list(&list) {
-            out.extend(legacy_item(&item, &mut notices)?);
+            out.extend(legacy_item(&item)?);
         }
     }
-    Ok((out, notices))
+    Ok(out)
 }
 
 /// Split a `-o` list at commas; `,,` stands for a comma inside an item (libvirt escapes commas
@@ -211,7 +210,7 @@ fn split_list(list: &[u8]) -> Vec<Vec<u8>> {
 
 /// One `-o` item as the long options it means (the same spellings virtiofsd accepts, plus the
 /// lock switches libvirt writes).
-fn legacy_item(item: &[u8], notices: &mut Vec<Notice>) -> Result<Vec<OsString>, String> {
+fn legacy_item(item: &[u8]) -> Result<Vec<OsString>, String> {
     let (key, value) = match item.iter().position(|&b| b == b'=') {
         Some(i) => (&item[..i], Some(&item[i + 1..])),
         None => (item, None),
@@ -243,15 +242,10 @@ fn legacy_item(item: &[u8], notices: &mut Vec<Notice>) -> Result<Vec<OsString>, 
         ("debug", None) => long("-d"),
         // The defaults, spelled out.
         ("readdirplus" | "no_writeback" | "no_allow_direct_io", None) => Ok(vec![]),
-        // vufsd always serves POSIX locks and flock() with host locks.
+        // POSIX locks and flock() are served with host locks unless turned off.
         ("flock" | "posix_lock", None) => Ok(vec![]),
-        ("no_flock" | "no_posix_lock", None) => {
-            notices.push(Notice::Ignored(format!(
-                "-o {key_str} is ignored: vufsd always passes the guest's locks to the host, \
-                 where other processes see them"
-            )));
-            Ok(vec![])
-        }
+        ("no_flock", None) => long("--no-flock"),
+        ("no_posix_lock", None) => long("--no-posix-lock"),
         _ => Err(format!(
             "-o {} is not a virtiofsd option vufsd knows: use the long options (see vufsd --help)",
             String::from_utf8_lossy(item)
@@ -393,7 +387,7 @@ mod tests {
     }
 
     fn expand(v: &[&str]) -> Result<Vec<String>, String> {
-        expand_legacy(os(v)).map(|(a, _)| {
+        expand_legacy(os(v)).map(|a| {
             a.into_iter()
                 .map(|s| s.into_string().unwrap_or_default())
                 .collect()
@@ -422,6 +416,8 @@ mod tests {
                 "--sandbox",
                 "chroot",
                 "--xattr",
+                "--no-flock",
+                "--no-posix-lock",
                 "--thread-pool-size=4",
                 "-d"
             ]
@@ -456,14 +452,10 @@ mod tests {
 
     #[test]
     fn lock_items() {
-        let (args, notices) = expand_legacy(os(&["vufsd", "-o", "posix_lock,flock"])).unwrap();
+        let args = expand_legacy(os(&["vufsd", "-o", "posix_lock,flock"])).unwrap();
         assert_eq!(args, os(&["vufsd"]));
-        assert!(notices.is_empty());
-        let (_, notices) = expand_legacy(os(&["vufsd", "-o", "no_posix_lock,no_flock"])).unwrap();
-        assert!(matches!(
-            notices[..],
-            [Notice::Ignored(_), Notice::Ignored(_)]
-        ));
+        let args = expand_legacy(os(&["vufsd", "-o", "no_posix_lock,no_flock"])).unwrap();
+        assert_eq!(args, os(&["vufsd", "--no-posix-lock", "--no-flock"]));
     }
 
     #[test]

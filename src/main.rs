@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             )),
         };
     }
-    let (args, legacy_notices) = match compat::expand_legacy(args) {
+    let args = match compat::expand_legacy(args) {
         Ok(expanded) => expanded,
         Err(why) => return refuse(&why),
     };
@@ -61,8 +61,7 @@ fn main() -> ExitCode {
         opt.log_level
     };
     vufsd::logger::init(level);
-    let mut notices = compat::review(&opt.virtiofsd, &opt.pending, compat::can_act_as_others());
-    notices.extend(legacy_notices);
+    let notices = compat::review(&opt.virtiofsd, &opt.pending, compat::can_act_as_others());
     if let Some(Notice::Refused(why)) = notices.first() {
         return refuse(why);
     }

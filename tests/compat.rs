@@ -76,7 +76,7 @@ const CASES: &[Case] = &[
             "source={share},no_xattr,no_flock,no_posix_lock",
             "-d",
         ],
-        Accept(&["-o no_flock is ignored", "-o no_posix_lock is ignored"]),
+        Accept(&[]),
     ),
     case(
         "libvirt -o, <lock posix='on' flock='on'/>, posix_acl",

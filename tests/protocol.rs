@@ -706,3 +706,25 @@ fn a_polling_worker_serves_requests_with_and_without_kicks() {
     );
     env.assert_alive("after polling");
 }
+
+/// `--no-posix-lock` / `--no-flock` (libvirt's `<lock posix='off' flock='off'/>`, `-o
+/// no_posix_lock,no_flock`): INIT offers no lock support, so the guest keeps its locks local.
+#[test]
+fn locks_turned_off_are_not_offered_to_the_guest() {
+    use vufsd_bench::fuse_abi::init_flags::{FLOCK_LOCKS, POSIX_LOCKS};
+    let on = start(&[]);
+    let flags = u64::from(on.client.init().unwrap().flags);
+    assert!(
+        flags & POSIX_LOCKS != 0 && flags & FLOCK_LOCKS != 0,
+        "{flags:#x}"
+    );
+    let off = start(&["--no-posix-lock", "--no-flock"]);
+    let flags = u64::from(off.client.init().unwrap().flags);
+    assert!(flags & (POSIX_LOCKS | FLOCK_LOCKS) == 0, "{flags:#x}");
+    let posix_only = start(&["--no-flock"]);
+    let flags = u64::from(posix_only.client.init().unwrap().flags);
+    assert!(
+        flags & POSIX_LOCKS != 0 && flags & FLOCK_LOCKS == 0,
+        "{flags:#x}"
+    );
+}

@@ -59,6 +59,9 @@ pub struct Config {
     pub xattr: bool,
     pub readonly: bool,
     pub readdirplus: bool,
+    /// Serve POSIX locks / flock(2) with host locks (else the guest keeps them locally).
+    pub posix_locks: bool,
+    pub flock: bool,
     pub allow_direct_io: bool,
     pub noatime: NoatimePolicy,
     /// Serve POSIX ACLs (implies xattrs): the guest checks permissions with them and leaves the
@@ -79,6 +82,8 @@ impl Default for Config {
             xattr: false,
             readonly: false,
             readdirplus: true,
+            posix_locks: true,
+            flock: true,
             allow_direct_io: false,
             noatime: NoatimePolicy::Auto,
             posix_acl: false,

@@ -29,9 +29,13 @@ impl FileSystem for Passthrough {
             | FsOptions::MAX_PAGES
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::ATOMIC_O_TRUNC
-            | FsOptions::AUTO_INVAL_DATA
-            | FsOptions::POSIX_LOCKS
-            | FsOptions::FLOCK_LOCKS;
+            | FsOptions::AUTO_INVAL_DATA;
+        if self.cfg.posix_locks {
+            want |= FsOptions::POSIX_LOCKS;
+        }
+        if self.cfg.flock {
+            want |= FsOptions::FLOCK_LOCKS;
+        }
         if self.cfg.readdirplus {
             want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
         }
