@@ -1,5 +1,5 @@
 # vufsd built from this repository, with its systemd units, the QEMU vhost-user description
-# (share/qemu/vhost-user/50-vufsd.json, for libvirt's discovery) and the man page.
+# (share/qemu/vhost-user/10-vufsd.json, for libvirt's discovery) and the man page.
 { lib, rustPlatform }:
 
 let
@@ -26,8 +26,8 @@ rustPlatform.buildRustPackage {
     install -Dm644 contrib/systemd/vufsd@.service $out/lib/systemd/system/vufsd@.service
     install -Dm644 contrib/systemd/vufsd@.socket $out/lib/systemd/system/vufsd@.socket
     install -Dm644 contrib/systemd/example.conf $out/share/doc/vufsd/example.conf
-    install -Dm644 contrib/qemu/50-vufsd.json $out/share/qemu/vhost-user/50-vufsd.json
-    for f in $out/lib/systemd/system/vufsd@.service $out/share/qemu/vhost-user/50-vufsd.json; do
+    install -Dm644 contrib/qemu/10-vufsd.json $out/share/qemu/vhost-user/10-vufsd.json
+    for f in $out/lib/systemd/system/vufsd@.service $out/share/qemu/vhost-user/10-vufsd.json; do
       substituteInPlace "$f" --replace-fail /usr/bin/vufsd $out/bin/vufsd
     done
     install -Dm644 docs/vufsd.1 $out/share/man/man1/vufsd.1

@@ -647,9 +647,9 @@ fn print_capabilities_is_what_libvirt_reads() {
 
 #[test]
 fn qemu_vhost_user_description_file() {
-    // contrib/qemu/50-vufsd.json is what share/qemu/vhost-user/ holds for discovery
+    // contrib/qemu/10-vufsd.json is what share/qemu/vhost-user/ holds for discovery
     // (QEMU docs/interop/vhost-user.json, struct VhostUserBackend).
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/qemu/50-vufsd.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/qemu/10-vufsd.json");
     let text = std::fs::read_to_string(&path).unwrap();
     let d: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let obj = d.as_object().unwrap();
