@@ -421,6 +421,7 @@ impl Opt {
             readonly: self.readonly,
             readdirplus: !self.no_readdirplus,
             posix_locks: !self.no_posix_lock,
+            announce_submounts: self.virtiofsd.announce_submounts,
             flock: !self.no_flock,
             allow_direct_io: self.allow_direct_io,
             noatime: self.noatime_policy(),

@@ -86,12 +86,14 @@ pub struct VirtiofsdArgs {
     #[arg(long)]
     pub syslog: bool,
 
-    /// Accepted for virtiofsd compatibility, with a warning: vufsd does not announce submounts
-    /// (mount points inside the share look like directories of the share's filesystem).
+    /// Tell the guest which directories are mount points on the host, so that it gives each
+    /// host filesystem inside the share a device number of its own (`find -xdev`, `du -x`,
+    /// `df` and `mount` then see them as in the host). Without it, everything in the share
+    /// has the share's device number.
     #[arg(long, overrides_with = "no_announce_submounts")]
     pub announce_submounts: bool,
 
-    /// Do not announce submounts (what vufsd does anyway).
+    /// Do not announce submounts (the default).
     #[arg(long, overrides_with = "announce_submounts")]
     pub no_announce_submounts: bool,
 
@@ -297,13 +299,6 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
     if v.syslog {
         notes.push(Ignored(
             "--syslog is not supported: logging to stderr (under systemd that is the journal)"
-                .into(),
-        ));
-    }
-    if v.announce_submounts {
-        notes.push(Ignored(
-            "--announce-submounts is ignored: vufsd does not announce submounts; mount points \
-             inside the share look like directories of the share's filesystem"
                 .into(),
         ));
     }
@@ -520,10 +515,7 @@ mod tests {
 
     #[test]
     fn refusals_come_first() {
-        let n = notices(
-            &["--announce-submounts", "--xattrmap=:map::user.x.:"],
-            false,
-        );
+        let n = notices(&["--allow-mmap", "--xattrmap=:map::user.x.:"], false);
         assert!(matches!(n[..], [Notice::Refused(_), Notice::Ignored(_)]));
     }
 

@@ -274,7 +274,7 @@ const CASES: &[Case] = &[
             "--allow-mmap",
             "--seccomp=log",
         ],
-        Accept(&["--announce-submounts", "--killpriv-v2", "--allow-mmap"]),
+        Accept(&["--killpriv-v2", "--allow-mmap"]),
     ),
     case(
         "--modcaps adding only",

@@ -62,6 +62,8 @@ pub struct Config {
     /// Serve POSIX locks / flock(2) with host locks (else the guest keeps them locally).
     pub posix_locks: bool,
     pub flock: bool,
+    /// Mark host mount points inside the share as submounts (FUSE_ATTR_SUBMOUNT).
+    pub announce_submounts: bool,
     pub allow_direct_io: bool,
     pub noatime: NoatimePolicy,
     /// Serve POSIX ACLs (implies xattrs): the guest checks permissions with them and leaves the
@@ -84,6 +86,7 @@ impl Default for Config {
             readdirplus: true,
             posix_locks: true,
             flock: true,
+            announce_submounts: false,
             allow_direct_io: false,
             noatime: NoatimePolicy::Auto,
             posix_acl: false,

@@ -108,7 +108,7 @@ impl Passthrough {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
                 Err(e) => return Err(e),
             };
-            let added = add_entry(dirent, self.entry(&child, st));
+            let added = add_entry(dirent, self.entry(&dir, &child, st));
             if matches!(added, Ok(n) if n > 0) {
                 counted.push(child.id);
             } else {

@@ -55,7 +55,7 @@ impl Passthrough {
             make(parent.fd()?.as_fd()).inspect_err(|e| self.note_failure(&parent, "create", e))?;
         }
         let (inode, st) = self.do_lookup(&parent, name)?;
-        Ok(self.entry(&inode, st))
+        Ok(self.entry(&parent, &inode, st))
     }
 
     pub(super) fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -64,7 +64,7 @@ impl Passthrough {
         let (inode, st) = self
             .do_lookup(&parent, name)
             .inspect_err(|e| self.note_failure(&parent, "lookup", e))?;
-        Ok(self.entry(&inode, st))
+        Ok(self.entry(&parent, &inode, st))
     }
 
     /// Log what a failure in directory `parent` says about the host (see `faults`).
@@ -203,6 +203,6 @@ impl Passthrough {
         )?;
         let st = sys::stat_fd(inode.fd()?.as_fd())?;
         self.inodes.add_ref_existing(&inode);
-        Ok(self.entry(&inode, st))
+        Ok(self.entry(&parent, &inode, st))
     }
 }

@@ -36,6 +36,9 @@ impl FileSystem for Passthrough {
         if self.cfg.flock {
             want |= FsOptions::FLOCK_LOCKS;
         }
+        if self.cfg.announce_submounts {
+            want |= FsOptions::SUBMOUNTS;
+        }
         if self.cfg.readdirplus {
             want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
         }
@@ -58,6 +61,8 @@ impl FileSystem for Passthrough {
             enabled.contains(FsOptions::POSIX_ACL | FsOptions::DONT_MASK),
             Ordering::Relaxed,
         );
+        self.submounts
+            .store(enabled.contains(FsOptions::SUBMOUNTS), Ordering::Relaxed);
         info!("guest connected; FUSE options {enabled:?}");
         Ok(want)
     }

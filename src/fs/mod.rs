@@ -66,6 +66,8 @@ pub struct Passthrough {
     writeback: AtomicBool,
     /// Set by FUSE_INIT when the guest accepted POSIX ACLs (and so sends unmasked modes).
     acl_negotiated: AtomicBool,
+    /// Set by FUSE_INIT when --announce-submounts met a guest that takes FUSE_ATTR_SUBMOUNT.
+    submounts: AtomicBool,
     counters: NoatimeCounters,
     /// Storage failures on the host, logged once per kind.
     faults: faults::HostFaults,
@@ -162,6 +164,7 @@ impl Passthrough {
             can_switch_creds: euid == 0,
             writeback: AtomicBool::new(false),
             acl_negotiated: AtomicBool::new(false),
+            submounts: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
             faults: Default::default(),
             fd_limit: sys::nofile_limit(),
@@ -306,13 +309,23 @@ impl Passthrough {
         )
     }
 
-    fn entry(&self, inode: &InodeData, st: Stat) -> Entry {
+    /// The entry for `inode` (stat `st`) found in directory `parent`: a directory on another
+    /// device than its parent is a host mount point, announced as a submount when the guest
+    /// agreed (the guest then gives it a device number of its own).
+    fn entry(&self, parent: &InodeData, inode: &InodeData, st: Stat) -> Entry {
         let timeout = self.cfg.cache.timeout();
+        let submount = self.submounts.load(Ordering::Relaxed)
+            && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && st.st_dev != parent.key.dev;
         Entry {
             inode: inode.id,
             generation: 0,
             attr: self.guest_attr(st),
-            attr_flags: 0,
+            attr_flags: if submount {
+                fuse_backend_rs::abi::fuse_abi::ATTR_SUBMOUNT
+            } else {
+                0
+            },
             attr_timeout: timeout,
             entry_timeout: timeout,
         }

@@ -53,7 +53,12 @@ impl Passthrough {
             Ok((st, self.handles.insert(h)?))
         });
         match opened {
-            Ok((st, fh)) => Ok((self.entry(&inode, st), Some(fh), self.open_options(), None)),
+            Ok((st, fh)) => Ok((
+                self.entry(parent, &inode, st),
+                Some(fh),
+                self.open_options(),
+                None,
+            )),
             Err(e) => {
                 // The guest gets an error, so it will never forget this lookup.
                 if self.inodes.forget(inode.id, 1) {
@@ -151,7 +156,7 @@ impl Passthrough {
         let fh = self
             .handles
             .insert(HandleData::new(inode.id, fd, false, false))?;
-        Ok((self.entry(&inode, st), fh, self.open_options()))
+        Ok((self.entry(&parent, &inode, st), fh, self.open_options()))
     }
 
     pub(super) fn open(
@@ -232,7 +237,12 @@ impl Passthrough {
             .add_ref(path_fd, &st, Some(NameKey::new(parent.id, name)))?;
         let on = flags & libc::O_NOATIME != 0;
         let fh = self.handles.insert(HandleData::new(inode.id, fd, on, on))?;
-        Ok((self.entry(&inode, st), Some(fh), self.open_options(), None))
+        Ok((
+            self.entry(&parent, &inode, st),
+            Some(fh),
+            self.open_options(),
+            None,
+        ))
     }
 
     // FileSystem::release's signature.

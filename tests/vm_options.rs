@@ -1,0 +1,70 @@
+//! virtiofsd options vufsd serves, seen from a guest.
+
+mod common;
+
+use std::process::Command;
+
+use common::{require_vm, run_vm, vufsd_bin, DaemonSpec, TestDir, VmConfig};
+
+/// `--announce-submounts`: a host filesystem mounted inside the share gets a device number of
+/// its own in the guest, so `find -xdev` stops at it, as on the host; without the option the
+/// whole share is one device.
+#[test]
+fn announced_submounts_have_their_own_device_in_the_guest() {
+    let Some(()) = require_vm() else { return };
+    let dir = TestDir::new("submounts");
+    let share = dir.mkdir("share");
+    std::fs::write(share.join("top"), b"top").unwrap();
+    let m = share.join("m");
+    std::fs::create_dir(&m).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "vufsd-sub"])
+        .arg(&m)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(m.clone());
+    std::fs::write(m.join("inner"), b"inner").unwrap();
+    let script = r#"
+echo "DEVS $(stat -c %d /mnt) $(stat -c %d /mnt/m/.) $(stat -c %d /mnt/m/inner)"
+echo "XDEV $(find /mnt -xdev -type f | sort | tr '\n' ' ')"
+check inner-readable grep -q inner /mnt/m/inner
+"#;
+    for announce in [true, false] {
+        let sock = dir.path().join("vfs.sock");
+        let mut spec = DaemonSpec::fs(Ok(vufsd_bin()), &sock, &share);
+        if announce {
+            spec = spec.arg("--announce-submounts");
+        }
+        let daemon = spec.spawn(dir.path());
+        let out = run_vm(&VmConfig::new(dir.path(), script).with_daemon(&daemon, "share"));
+        out.assert_ok(&["inner-readable"]);
+        let devs: Vec<String> = out
+            .guest_output
+            .lines()
+            .find_map(|l| l.strip_prefix("DEVS "))
+            .unwrap()
+            .split(' ')
+            .map(String::from)
+            .collect();
+        let xdev = out
+            .guest_output
+            .lines()
+            .find_map(|l| l.strip_prefix("XDEV "))
+            .unwrap();
+        if announce {
+            assert_ne!(devs[0], devs[1], "{}", out.report());
+            assert_eq!(devs[1], devs[2], "{}", out.report());
+            assert_eq!(xdev.trim(), "/mnt/top", "{}", out.report());
+        } else {
+            assert!(devs[0] == devs[1] && devs[1] == devs[2], "{}", out.report());
+            assert_eq!(xdev.trim(), "/mnt/m/inner /mnt/top", "{}", out.report());
+        }
+    }
+}
