@@ -361,6 +361,17 @@ const CASES: &[Case] = &[
         Refuse(&["--security-label"]),
     ),
     case(
+        "--writeback, --allow-direct-io, --no-readdirplus",
+        &[
+            "--socket-path={sock}",
+            "--shared-dir={share}",
+            "--writeback",
+            "--allow-direct-io",
+            "--no-readdirplus",
+        ],
+        Accept(&[]),
+    ),
+    case(
         "--migration-* (virtiofsd's spellings, implemented)",
         &[
             "--socket-path={sock}",
@@ -568,6 +579,54 @@ fn can_raise_nofile_to(n: u64) -> bool {
         .unwrap_or(0);
     const CAP_SYS_RESOURCE: u64 = 1 << 24;
     hard >= n || cap_eff & CAP_SYS_RESOURCE != 0
+}
+
+/// Every option upstream virtiofsd's `--help` lists has a verdict in [`CASES`] (accepted,
+/// served, warned about, or refused with its reason): a new virtiofsd option shows up here.
+#[test]
+fn every_option_of_virtiofsds_help_has_a_verdict() {
+    let Ok(virtiofsd) = common::find_virtiofsd() else {
+        panic!(
+            "virtiofsd not found (cargo install virtiofsd --version 1.14.0; scripts/install-deps)"
+        );
+    };
+    let help = Command::new(virtiofsd).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    // The option lines: "  -d, --log-level ..." or "      --posix-acl[=<MODE>]".
+    let options: std::collections::BTreeSet<&str> = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .filter_map(|l| {
+            l.trim_start()
+                .split([' ', '=', ',', '['])
+                .find(|w| w.starts_with("--"))
+        })
+        .collect();
+    assert!(options.len() > 30, "{options:?}");
+    // Answered outside the table: --print-capabilities (its own test), --help and --version
+    // (clap's, exit 0).
+    let elsewhere = ["--print-capabilities", "--help", "--version"];
+    let missing: Vec<&&str> = options
+        .iter()
+        .filter(|o| !elsewhere.contains(o))
+        .filter(|o| {
+            !CASES
+                .iter()
+                .any(|c| c.args.iter().any(|a| a.starts_with(**o)))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "virtiofsd options without a verdict: {missing:?}"
+    );
+    for o in ["--help", "--version"] {
+        assert!(Command::new(vufsd_bin())
+            .arg(o)
+            .output()
+            .unwrap()
+            .status
+            .success());
+    }
 }
 
 #[test]
