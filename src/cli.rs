@@ -190,6 +190,12 @@ pub struct Opt {
     #[arg(long, overrides_with = "no_xattr")]
     pub xattr: bool,
 
+    /// Translate extended attribute names between guest and host with virtiofsd's rules, e.g.
+    /// `:map::user.virtiofs.:` (every guest xattr stored under `user.virtiofs.` on the host,
+    /// the host's other xattrs hidden); implies --xattr. See docs/xattrmap.md.
+    #[arg(long, value_name = "RULES")]
+    pub xattrmap: Option<crate::fs::xattrmap::XattrMap>,
+
     /// Do not serve extended attributes (the default).
     #[arg(long, overrides_with = "xattr")]
     pub no_xattr: bool,
@@ -417,7 +423,8 @@ impl Opt {
         Ok(crate::fs::Config {
             cache: self.cache.into(),
             writeback: self.writeback,
-            xattr: self.xattr && !self.no_xattr,
+            xattr: (self.xattr && !self.no_xattr) || self.xattrmap.is_some(),
+            xattrmap: self.xattrmap.clone().map(std::sync::Arc::new),
             readonly: self.readonly,
             readdirplus: !self.no_readdirplus,
             posix_locks: !self.no_posix_lock,

@@ -122,11 +122,6 @@ pub struct VirtiofsdArgs {
     )]
     pub security_label: Option<Negotiation>,
 
-    /// Refused: vufsd cannot map extended attribute names (ignoring the map would expose the
-    /// host's attributes unmapped).
-    #[arg(long, value_name = "MAP")]
-    pub xattrmap: Option<String>,
-
     /// Accepted with a warning: vufsd does not advertise a tag; the frontend sets it
     /// (QEMU: `-device vhost-user-fs-pci,...,tag=TAG`).
     #[arg(long, value_name = "TAG")]
@@ -327,13 +322,6 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
         )),
         _ => {}
     }
-    if v.xattrmap.is_some() {
-        notes.push(Refused(
-            "--xattrmap is not supported: vufsd would serve the host's extended attributes \
-             unmapped; remove --xattrmap (and --xattr, to serve none)"
-                .into(),
-        ));
-    }
     if v.tag.is_some() {
         notes.push(Ignored(
             "--tag is ignored: vufsd does not advertise a tag; set it on the frontend \
@@ -515,7 +503,7 @@ mod tests {
 
     #[test]
     fn refusals_come_first() {
-        let n = notices(&["--allow-mmap", "--xattrmap=:map::user.x.:"], false);
+        let n = notices(&["--allow-mmap", "--security-label"], false);
         assert!(matches!(n[..], [Notice::Refused(_), Notice::Ignored(_)]));
     }
 

@@ -342,14 +342,14 @@ const CASES: &[Case] = &[
         Refuse(&["--inode-file-handles=mandatory", "never"]),
     ),
     case(
-        "--xattrmap",
+        "--xattrmap (Kata's)",
         &[
             "--socket-path={sock}",
             "--shared-dir={share}",
             "--xattr",
             "--xattrmap=:map::user.virtiofs.:",
         ],
-        Refuse(&["--xattrmap"]),
+        Accept(&[]),
     ),
     case(
         "--security-label",

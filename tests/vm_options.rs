@@ -68,3 +68,53 @@ check inner-readable grep -q inner /mnt/m/inner
         }
     }
 }
+
+/// `--xattrmap=/map/trusted./user.virtiofs./`: the guest's trusted.* lives under
+/// user.virtiofs. on the host, the host's own trusted.* is hidden, the guest cannot write
+/// user.virtiofs.* directly, and other names pass unchanged.
+#[test]
+fn mapped_xattr_names_between_guest_and_host() {
+    let Some(()) = require_vm() else { return };
+    let dir = TestDir::new("xattrmap");
+    let share = dir.mkdir("share");
+    let f = share.join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let setfattr = |name: &str, value: &str| {
+        let st = Command::new("setfattr")
+            .args(["-n", name, "-v", value])
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    setfattr("trusted.hostonly", "h");
+    let sock = dir.path().join("vfs.sock");
+    let daemon = DaemonSpec::fs(Ok(vufsd_bin()), &sock, &share)
+        .arg("--xattrmap=/map/trusted./user.virtiofs./")
+        .spawn(dir.path());
+    let script = r#"
+check set-trusted hostrun setfattr -n trusted.guest -v g /mnt/f
+check set-user hostrun setfattr -n user.plain -v p /mnt/f
+check_fails set-alias hostrun setfattr -n user.virtiofs.sneaky -v s /mnt/f
+expect_eq get-trusted "$(hostrun getfattr --only-values -n trusted.guest /mnt/f)" g
+echo "LIST $(hostrun getfattr -m - -d /mnt/f 2>/dev/null | grep = | cut -d= -f1 | sort | tr '\n' ' ')"
+"#;
+    let out = run_vm(&VmConfig::new(dir.path(), script).with_daemon(&daemon, "share"));
+    out.assert_ok(&["set-trusted", "set-user", "set-alias", "get-trusted"]);
+    let list = out
+        .guest_output
+        .lines()
+        .find_map(|l| l.strip_prefix("LIST "))
+        .unwrap();
+    assert_eq!(list.trim(), "trusted.guest user.plain", "{}", out.report());
+    let host = Command::new("getfattr")
+        .args(["-m", "-", "-d"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&host.stdout);
+    assert!(host.contains("user.virtiofs.trusted.guest=\"g\""), "{host}");
+    assert!(host.contains("user.plain=\"p\""), "{host}");
+    assert!(host.contains("trusted.hostonly=\"h\""), "{host}");
+    assert!(!host.contains("sneaky"), "{host}");
+}

@@ -57,6 +57,8 @@ pub struct Config {
     pub cache: CachePolicy,
     pub writeback: bool,
     pub xattr: bool,
+    /// `--xattrmap`: names translated between guest and host.
+    pub xattrmap: Option<std::sync::Arc<super::xattrmap::XattrMap>>,
     pub readonly: bool,
     pub readdirplus: bool,
     /// Serve POSIX locks / flock(2) with host locks (else the guest keeps them locally).
@@ -82,6 +84,7 @@ impl Default for Config {
             cache: CachePolicy::Auto,
             writeback: false,
             xattr: false,
+            xattrmap: None,
             readonly: false,
             readdirplus: true,
             posix_locks: true,

@@ -32,6 +32,7 @@ mod migrate;
 mod open;
 pub mod open_flags;
 mod xattr;
+pub mod xattrmap;
 
 use std::ffi::{CStr, CString};
 use std::io;

@@ -28,6 +28,23 @@ pub fn get(fd: BorrowedFd<'_>, name: &CStr, size: u32) -> io::Result<GetxattrRep
     Ok(GetxattrReply::Value(buf))
 }
 
+/// The whole list, for mapping: asked for its size first, then read (again if it grew).
+fn list_all(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let path = sys::proc_fd_path(fd.as_raw_fd());
+    loop {
+        let n = sys::listxattr(&path, &mut [])?;
+        let mut buf = vec![0u8; n.min(XATTR_MAX)];
+        match sys::listxattr(&path, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && n < XATTR_MAX => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn list(fd: BorrowedFd<'_>, size: u32) -> io::Result<ListxattrReply> {
     let path = sys::proc_fd_path(fd.as_raw_fd());
     if size == 0 {
@@ -53,6 +70,14 @@ pub fn remove(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 }
 
 impl Passthrough {
+    /// The host's name for a guest's xattr name (`--xattrmap`), or the errno refusing it.
+    fn host_name<'a>(&self, name: &'a CStr) -> io::Result<std::borrow::Cow<'a, CStr>> {
+        match &self.cfg.xattrmap {
+            None => Ok(std::borrow::Cow::Borrowed(name)),
+            Some(map) => map.to_host(name).map(std::borrow::Cow::Owned),
+        }
+    }
+
     fn xattr_enabled(&self, opcode: Opcode) -> io::Result<()> {
         if self.cfg.xattr || self.cfg.posix_acl {
             Ok(())
@@ -74,7 +99,8 @@ impl Passthrough {
         self.xattr_enabled(Opcode::Setxattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
-        set(inode.fd()?.as_fd(), name, value, flags)
+        let name = self.host_name(name)?;
+        set(inode.fd()?.as_fd(), &name, value, flags)
     }
 
     pub(super) fn getxattr(
@@ -86,7 +112,8 @@ impl Passthrough {
     ) -> io::Result<GetxattrReply> {
         self.xattr_enabled(Opcode::Getxattr)?;
         let inode = self.inodes.get(inode)?;
-        get(inode.fd()?.as_fd(), name, size)
+        let name = self.host_name(name)?;
+        get(inode.fd()?.as_fd(), &name, size)
     }
 
     pub(super) fn listxattr(
@@ -97,13 +124,22 @@ impl Passthrough {
     ) -> io::Result<ListxattrReply> {
         self.xattr_enabled(Opcode::Listxattr)?;
         let inode = self.inodes.get(inode)?;
-        list(inode.fd()?.as_fd(), size)
+        let Some(map) = &self.cfg.xattrmap else {
+            return list(inode.fd()?.as_fd(), size);
+        };
+        let names = map.list_to_guest(&list_all(inode.fd()?.as_fd())?);
+        match size as usize {
+            0 => Ok(ListxattrReply::Count(names.len() as u32)),
+            room if room < names.len() => Err(err(libc::ERANGE)),
+            _ => Ok(ListxattrReply::Names(names)),
+        }
     }
 
     pub(super) fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.xattr_enabled(Opcode::Removexattr)?;
         self.check_writable()?;
         let inode = self.inodes.get(inode)?;
-        remove(inode.fd()?.as_fd(), name)
+        let name = self.host_name(name)?;
+        remove(inode.fd()?.as_fd(), &name)
     }
 }
