@@ -429,6 +429,7 @@ impl Opt {
             readdirplus: !self.no_readdirplus,
             posix_locks: !self.no_posix_lock,
             announce_submounts: self.virtiofsd.announce_submounts,
+            killpriv_v2: self.virtiofsd.killpriv_v2,
             flock: !self.no_flock,
             allow_direct_io: self.allow_direct_io,
             noatime: self.noatime_policy(),

@@ -274,7 +274,7 @@ const CASES: &[Case] = &[
             "--allow-mmap",
             "--seccomp=log",
         ],
-        Accept(&["--killpriv-v2", "--allow-mmap"]),
+        Accept(&["--allow-mmap"]),
     ),
     case(
         "--modcaps adding only",

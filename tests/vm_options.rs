@@ -118,3 +118,48 @@ echo "LIST $(hostrun getfattr -m - -d /mnt/f 2>/dev/null | grep = | cut -d= -f1 
     assert!(host.contains("trusted.hostonly=\"h\""), "{host}");
     assert!(!host.contains("sneaky"), "{host}");
 }
+
+/// Writing or truncating a setuid/setgid file as a user without CAP_FSETID clears the bits,
+/// as on a local filesystem — done by the guest's own SETATTR by default, by the daemon with
+/// `--killpriv-v2`.
+#[test]
+fn setuid_and_setgid_bits_are_cleared_on_write_with_and_without_killpriv_v2() {
+    let Some(()) = require_vm() else { return };
+    let dir = TestDir::new("killpriv");
+    let share = dir.mkdir("share");
+    let script = r#"
+for f in w t; do
+    echo data > /mnt/$f && chmod 6777 /mnt/$f
+done
+hostrun setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo more >> /mnt/w'
+hostrun setpriv --reuid=65534 --regid=65534 --clear-groups truncate -s 1 /mnt/t
+echo "MODES $(stat -c %a /mnt/w) $(stat -c %a /mnt/t)"
+"#;
+    for killpriv in [false, true] {
+        let sock = dir.path().join("vfs.sock");
+        let mut spec = DaemonSpec::fs(Ok(vufsd_bin()), &sock, &share);
+        if killpriv {
+            spec = spec.arg("--killpriv-v2");
+        }
+        let daemon = spec.spawn(dir.path());
+        let out = run_vm(&VmConfig::new(dir.path(), script).with_daemon(&daemon, "share"));
+        out.assert_ok(&[]);
+        let modes = out
+            .guest_output
+            .lines()
+            .find_map(|l| l.strip_prefix("MODES "))
+            .unwrap();
+        assert_eq!(
+            modes.trim(),
+            "777 777",
+            "killpriv_v2 {killpriv}\n{}",
+            out.report()
+        );
+        for f in ["w", "t"] {
+            let m = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(share.join(f)).unwrap().permissions(),
+            );
+            assert_eq!(m & 0o7777, 0o777, "{f} on the host, killpriv_v2 {killpriv}");
+        }
+    }
+}

@@ -26,6 +26,31 @@ fn time_spec(set: bool, now: bool, sec: i64, nsec: i64) -> libc::timespec {
 }
 
 impl Passthrough {
+    /// Whether the guest left clearing setuid/setgid bits to us (`--killpriv-v2`, negotiated).
+    pub(super) fn killpriv(&self) -> bool {
+        self.killpriv_v2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What a local filesystem does when a file is written or truncated by someone without
+    /// CAP_FSETID: drop setuid, setgid (when the group may execute: otherwise it marks mandatory
+    /// locking) and file capabilities. The guest asks for it (FUSE_WRITE_KILL_SUIDGID, ...)
+    /// under killpriv_v2, because the daemon's own writes, with CAP_FSETID, would not.
+    pub(super) fn kill_suidgid(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        let st = sys::stat_fd(fd)?;
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if st.st_mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        if mode != st.st_mode & 0o7777 {
+            sys::fchmod(fd, mode)?;
+        }
+        match sys::removexattr(&sys::proc_fd_path(fd.as_raw_fd()), c"security.capability") {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Apply the parts of `attr` selected by `valid`, through the open handle when the guest
     /// gave one (so that, as on a local disk, an fd opened for writing can still truncate a
     /// file whose mode no longer allows writing).
@@ -75,13 +100,22 @@ impl Passthrough {
         }
         if valid.contains(SetattrValid::SIZE) {
             let size = u64::try_from(attr.st_size).map_err(|_| err(libc::EINVAL))?;
+            let kill = valid.contains(SetattrValid::KILL_SUIDGID) && self.killpriv();
             match h {
-                Some(h) => sys::ftruncate(h.fd(), size)?,
+                Some(h) => {
+                    sys::ftruncate(h.fd(), size)?;
+                    if kill {
+                        self.kill_suidgid(h.fd())?;
+                    }
+                }
                 None if inode.is_dir() => return Err(err(libc::EISDIR)),
                 None if !inode.is_reg() => return Err(err(libc::EINVAL)),
                 None => {
                     let f = inode.open(self.proc_self_fd.as_fd(), libc::O_WRONLY)?;
                     sys::ftruncate(f.as_fd(), size)?;
+                    if kill {
+                        self.kill_suidgid(f.as_fd())?;
+                    }
                 }
             }
         }

@@ -66,6 +66,8 @@ pub struct Config {
     pub flock: bool,
     /// Mark host mount points inside the share as submounts (FUSE_ATTR_SUBMOUNT).
     pub announce_submounts: bool,
+    /// Offer FUSE_HANDLE_KILLPRIV_V2: the daemon clears setuid/setgid on write and truncate.
+    pub killpriv_v2: bool,
     pub allow_direct_io: bool,
     pub noatime: NoatimePolicy,
     /// Serve POSIX ACLs (implies xattrs): the guest checks permissions with them and leaves the
@@ -90,6 +92,7 @@ impl Default for Config {
             posix_locks: true,
             flock: true,
             announce_submounts: false,
+            killpriv_v2: false,
             allow_direct_io: false,
             noatime: NoatimePolicy::Auto,
             posix_acl: false,

@@ -128,11 +128,14 @@ impl Passthrough {
         _lock_owner: Option<u64>,
         _delayed_write: bool,
         flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<usize> {
         self.check_writable()?;
         let h = self.handles.get(handle, inode)?;
         self.follow_noatime(&h, flags);
+        if fuse_flags & fuse_backend_rs::abi::fuse_abi::WRITE_KILL_PRIV != 0 && self.killpriv() {
+            self.kill_suidgid(h.fd())?;
+        }
         let mut io = sys::HostIo(h.fd());
         transfer(size, offset, |count, off| r.read_to(&mut io, count, off))
             .inspect_err(|e| self.faults.note("write", inode, e))

@@ -39,6 +39,9 @@ impl FileSystem for Passthrough {
         if self.cfg.announce_submounts {
             want |= FsOptions::SUBMOUNTS;
         }
+        if self.cfg.killpriv_v2 && !self.cfg.readonly {
+            want |= FsOptions::HANDLE_KILLPRIV_V2;
+        }
         if self.cfg.readdirplus {
             want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
         }
@@ -63,6 +66,10 @@ impl FileSystem for Passthrough {
         );
         self.submounts
             .store(enabled.contains(FsOptions::SUBMOUNTS), Ordering::Relaxed);
+        self.killpriv_v2.store(
+            enabled.contains(FsOptions::HANDLE_KILLPRIV_V2),
+            Ordering::Relaxed,
+        );
         info!("guest connected; FUSE options {enabled:?}");
         Ok(want)
     }

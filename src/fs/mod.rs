@@ -69,6 +69,8 @@ pub struct Passthrough {
     acl_negotiated: AtomicBool,
     /// Set by FUSE_INIT when --announce-submounts met a guest that takes FUSE_ATTR_SUBMOUNT.
     submounts: AtomicBool,
+    /// Set by FUSE_INIT when --killpriv-v2 met a guest that leaves killing privileges to us.
+    killpriv_v2: AtomicBool,
     counters: NoatimeCounters,
     /// Storage failures on the host, logged once per kind.
     faults: faults::HostFaults,
@@ -166,6 +168,7 @@ impl Passthrough {
             writeback: AtomicBool::new(false),
             acl_negotiated: AtomicBool::new(false),
             submounts: AtomicBool::new(false),
+            killpriv_v2: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
             faults: Default::default(),
             fd_limit: sys::nofile_limit(),

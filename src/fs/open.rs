@@ -164,10 +164,17 @@ impl Passthrough {
         _ctx: &Context,
         inode: u64,
         flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let inode = self.inodes.get(inode)?;
         let handle = self.open_file(&inode, flags)?;
+        let truncating = flags as i32 & libc::O_TRUNC != 0;
+        if truncating
+            && fuse_flags & fuse_backend_rs::abi::fuse_abi::FOPEN_IN_KILL_SUIDGID != 0
+            && self.killpriv()
+        {
+            self.kill_suidgid(handle.fd())?;
+        }
         let fh = self.handles.insert(handle)?;
         Ok((Some(fh), self.open_options(), None))
     }
