@@ -64,6 +64,17 @@ impl Qemu {
     }
 }
 
+/// The shared initramfs with `script` as init.sh's `/test/script.sh` (and `/bin/migcheck`),
+/// written to `dir/initrd.cpio`: for guests with no 9p view of the host (a VM that migrates, a
+/// VM libvirt starts), booted with `vufs_9p=0` on the kernel command line.
+pub fn initrd_with_script(dir: &Path, script: &str) -> Result<PathBuf> {
+    let initrd = dir.join("initrd.cpio");
+    let mut bytes = std::fs::read(&assets()?.initramfs).context("reading the initramfs")?;
+    bytes.extend(guest_extra(script)?);
+    write_atomic(&initrd, &bytes)?;
+    Ok(initrd)
+}
+
 /// The guest's extra initramfs: init.sh's `/test/script.sh` and `/bin/migcheck`.
 fn guest_extra(script: &str) -> Result<Vec<u8>> {
     let mut c = Cpio::new();
@@ -159,10 +170,7 @@ impl Machine {
         let run = dir.join(name);
         std::fs::create_dir_all(&run).with_context(|| format!("mkdir {}", run.display()))?;
         let assets = assets()?;
-        let initrd = run.join("initrd.cpio");
-        let mut bytes = std::fs::read(&assets.initramfs).context("reading the initramfs")?;
-        bytes.extend(guest_extra(&self.script)?);
-        write_atomic(&initrd, &bytes)?;
+        let initrd = initrd_with_script(&run, &self.script)?;
 
         let mut a = machine_args(assets, accel()?, self.mem_mib, 2, true);
         // Our initramfs, not the shared one (the last -initrd wins).

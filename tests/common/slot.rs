@@ -17,7 +17,7 @@ pub struct VmSlot {
 }
 
 impl VmSlot {
-    pub(super) fn acquire() -> Result<VmSlot> {
+    pub fn acquire() -> Result<VmSlot> {
         let dir = std::env::temp_dir().join("vufsd-vm-slots");
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let slots = max_parallel_vms();
