@@ -57,7 +57,8 @@ pub struct Config {
     pub modcaps: CapChanges,
     /// `--rlimit-nofile`; None: the default raise.
     pub rlimit_nofile: Option<u64>,
-    /// Keep CAP_DAC_READ_SEARCH for opening file handles (`--inode-file-handles=prefer`).
+    /// Keep CAP_DAC_READ_SEARCH for opening file handles (`--inode-file-handles=prefer` or
+    /// `mandatory`; not by default).
     pub file_handles: bool,
 }
 
@@ -260,8 +261,19 @@ pub fn restrict_syscalls(cfg: &Config) -> Result<(), SandboxError> {
             Ok(())
         }
         Some(action) => {
-            let allowed = seccomp::install(action).map_err(SandboxError::Seccomp)?;
-            info!("seccomp: {action} on calls outside an allowlist of {allowed}");
+            // open_by_handle_at only for a daemon that kept the capability it needs: one that
+            // gets it back some other way still cannot open a forged handle.
+            let handles = sys::capget()
+                .is_ok_and(|c| CapSet(c.effective).contains(caps::CAP_DAC_READ_SEARCH));
+            let allowed = seccomp::install(action, handles).map_err(SandboxError::Seccomp)?;
+            info!(
+                "seccomp: {action} on calls outside an allowlist of {allowed}{}",
+                if handles {
+                    ""
+                } else {
+                    "; open_by_handle_at refused (EPERM)"
+                }
+            );
             Ok(())
         }
     }
