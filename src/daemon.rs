@@ -516,8 +516,21 @@ fn serve(
     // After the capabilities were reduced, so that it sees the ones it will have.
     let fs = Arc::new(
         Passthrough::with_proc_fd(&jail.root, &opt.shared_dir, jail.proc_self_fd, fs_config)
-            .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
+            .map_err(|e| match e.kind() {
+                // --inode-file-handles=mandatory where handles cannot be used.
+                io::ErrorKind::Unsupported => DaemonError::Options(e.to_string()),
+                _ => DaemonError::SharedDirAccess(opt.shared_dir.clone(), e),
+            })?,
     );
+    if opt.migration_options().mode == crate::migration::Mode::FileHandles
+        && crate::sys::effective_caps().unwrap_or(0) & (1 << crate::sys::CAP_DAC_READ_SEARCH) == 0
+    {
+        warn!(
+            "--migration-mode=file-handles: this daemon may not open file handles (no \
+             CAP_DAC_READ_SEARCH: add --inode-file-handles=prefer as root, or \
+             --modcaps=+dac_read_search); as a migration destination it finds inodes by path"
+        );
+    }
     // From this thread, whose credentials no longer change; before the seccomp filter, which
     // allows no such prctl.
     if let Some(p) = parent {
