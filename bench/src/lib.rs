@@ -45,6 +45,7 @@ pub mod procstat;
 pub mod queue;
 pub mod state_transfer;
 pub mod stats;
+pub mod tree_walk;
 pub mod virtqueue;
 pub mod workload;
 
