@@ -16,9 +16,10 @@ use common::{require_vm, run_vm, vufsd_bin, Daemon, DaemonSpec, TestDir, VmConfi
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 const NOBODY: u32 = 65534;
 
-/// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH (file handles past the fd budget), FOWNER, FSETID,
-/// SETGID, SETUID, MKNOD, SETFCAP.
-const PASSTHROUGH_CAPS: u64 = 0x8800_00df;
+/// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD, SETFCAP. Not DAC_READ_SEARCH:
+/// that is kept only with `--inode-file-handles=prefer|mandatory` (docs/security.md).
+const PASSTHROUGH_CAPS: u64 = 0x8800_00db;
+const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 const CAP_MKNOD: u64 = 1 << 27;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
 
@@ -128,7 +129,14 @@ fn server(daemon: &mut Daemon, namespace: bool) -> Proc {
 /// Seccomp filter in force, no way to gain privileges.
 fn assert_seccomp(p: &Proc) {
     assert_eq!(p.status("Seccomp"), "2", "seccomp mode of pid {}", p.pid);
-    assert_eq!(p.status("Seccomp_filters"), "1");
+    // The allowlist, and before it the filter refusing open_by_handle_at to a daemon without
+    // CAP_DAC_READ_SEARCH.
+    let want = if p.caps("CapEff") & CAP_DAC_READ_SEARCH != 0 {
+        "1"
+    } else {
+        "2"
+    };
+    assert_eq!(p.status("Seccomp_filters"), want);
     assert_eq!(p.status("NoNewPrivs"), "1");
 }
 
@@ -595,6 +603,18 @@ fn modcaps_and_rlimit_nofile() {
     assert_caps(&p, (PASSTHROUGH_CAPS & !CAP_MKNOD) | CAP_SYS_ADMIN, true);
     assert_eq!(p.nofile(), ("4096".to_string(), "4096".to_string()));
     daemon.terminate(EXIT_TIMEOUT);
+    // File handles are a choice, and bring CAP_DAC_READ_SEARCH with them (and no filter
+    // refusing open_by_handle_at); --modcaps can add it too.
+    for extra in ["--inode-file-handles=prefer", "--modcaps=+dac_read_search"] {
+        let mut daemon = DaemonSpec::fs(Ok(vufsd_bin()), &share.socket(), &share.share)
+            .args(["--sandbox", "chroot", extra])
+            .spawn(share.dir.path());
+        let p = server(&mut daemon, false);
+        assert_caps(&p, PASSTHROUGH_CAPS | CAP_DAC_READ_SEARCH, true);
+        assert_seccomp(&p);
+        assert_eq!(p.status("Seccomp_filters"), "1", "{extra}");
+        daemon.terminate(EXIT_TIMEOUT);
+    }
 }
 
 /// `--seccomp=none` installs no filter; `log` and `trap` install one.
