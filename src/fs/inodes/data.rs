@@ -43,7 +43,7 @@ enum Held {
     Fd(Arc<OwnedFd>),
     /// No fd (evicted past the fd budget, or forgotten): reopened from its location, or its
     /// file handle, when used, and checked against its identity.
-    Closed(Identity),
+    Closed,
     /// Nothing: the host inode is gone (its number now belongs to another file), or a
     /// migration could not find it (`--migration-on-error=guest-error`). ESTALE until the
     /// guest forgets it.
@@ -53,9 +53,25 @@ enum Held {
 #[derive(Debug)]
 struct Slot {
     held: Held,
+    /// Its identity, taken the first time its fd went (it never changes): what it is checked
+    /// against when reopened. None while it never had to be taken (or was not worth it: a
+    /// forgotten inode nothing names as a parent), and then only the key is checked.
+    identity: Option<Identity>,
     at: Option<Location>,
     /// Still in the table (not forgotten): only then does a reopened fd stay.
     in_table: bool,
+}
+
+impl Slot {
+    /// Whether `fd` (whose key matched) is this slot's inode: always while it holds its fd (the
+    /// fd keeps the host from giving its number to another file), else as its identity says.
+    fn matches(&self, fd: BorrowedFd<'_>) -> bool {
+        match (&self.held, &self.identity) {
+            (Held::Fd(_), _) | (Held::Closed, None) => true,
+            (Held::Closed, Some(id)) => id.matches(fd),
+            (Held::Lost, _) => false,
+        }
+    }
 }
 
 /// An fd for an inode, kept open while this value lives: the table's own (shared with it), or
@@ -154,6 +170,7 @@ impl InodeData {
             open_handles: AtomicU32::new(0),
             slot: Mutex::new(Slot {
                 held: fd.map_or(Held::Lost, |fd| Held::Fd(Arc::new(fd))),
+                identity: None,
                 at: at.map(|(parent, name)| Location {
                     parent: parent.clone(),
                     name: name.to_owned(),
@@ -180,7 +197,7 @@ impl InodeData {
         match &self.slot()?.held {
             Held::Fd(fd) => return Ok(InodeFd::Shared(fd.clone())),
             Held::Lost => return Err(estale()),
-            Held::Closed(_) => {}
+            Held::Closed => {}
         }
         self.reopen()
     }
@@ -290,16 +307,19 @@ impl InodeData {
         if !slot.in_table || self.open_handles.load(Ordering::Acquire) > 0 {
             return false;
         }
-        let Held::Fd(fd) = &slot.held else {
+        let Slot {
+            held, identity, at, ..
+        } = &mut *slot;
+        let Held::Fd(fd) = held else {
             return false;
         };
-        let identity = Identity::of(fd.as_fd());
-        let reachable = slot.at.is_some()
-            || matches!(&identity, Identity::Handle { mount_id, .. } if budget.mount(*mount_id).is_some());
+        let identity = identity.get_or_insert_with(|| Identity::of(fd.as_fd()));
+        let reachable = at.is_some()
+            || matches!(identity, Identity::Handle { mount_id, .. } if budget.mount(*mount_id).is_some());
         if !reachable {
             return false;
         }
-        slot.held = Held::Closed(identity);
+        *held = Held::Closed;
         self.has_fd.store(false, Ordering::Release);
         budget.gave_back();
         true
@@ -311,13 +331,12 @@ impl InodeData {
     pub(super) fn forgotten(&self, shared: bool) {
         let Ok(mut slot) = self.slot() else { return };
         slot.in_table = false;
-        if let Held::Fd(fd) = &slot.held {
-            let identity = if shared {
-                Identity::of(fd.as_fd())
-            } else {
-                Identity::Unknown
-            };
-            slot.held = Held::Closed(identity);
+        let Slot { held, identity, .. } = &mut *slot;
+        if let Held::Fd(fd) = held {
+            if shared && identity.is_none() {
+                *identity = Some(Identity::of(fd.as_fd()));
+            }
+            *held = Held::Closed;
             self.has_fd.store(false, Ordering::Release);
             self.budget.gave_back();
         }
@@ -340,11 +359,7 @@ impl InodeData {
         let Ok(slot) = self.slot.lock() else {
             return false;
         };
-        match &slot.held {
-            Held::Fd(_) => true,
-            Held::Closed(id) => id.matches(fd),
-            Held::Lost => false,
-        }
+        slot.matches(fd)
     }
 
     /// Hold `fd` (this inode, just opened again) if the inode has none and is still in the
@@ -355,7 +370,7 @@ impl InodeData {
         };
         match &slot.held {
             Held::Fd(held) => return held.clone(),
-            Held::Closed(_) if slot.in_table => {}
+            Held::Closed if slot.in_table => {}
             _ => return Arc::new(fd),
         }
         let fd = Arc::new(fd);
@@ -372,7 +387,7 @@ impl InodeData {
         self.mark();
         match &self.slot()?.held {
             Held::Fd(fd) => Ok(Some(fd.clone())),
-            Held::Closed(_) => Ok(None),
+            Held::Closed => Ok(None),
             Held::Lost => Err(estale()),
         }
     }
@@ -389,8 +404,8 @@ impl InodeData {
     fn by_handle(&self) -> io::Result<Option<OwnedFd>> {
         let (handle, mount) = {
             let slot = self.slot()?;
-            match &slot.held {
-                Held::Closed(Identity::Handle { handle, mount_id }) => {
+            match (&slot.held, &slot.identity) {
+                (Held::Closed, Some(Identity::Handle { handle, mount_id })) => {
                     match self.budget.mount(*mount_id) {
                         Some(mount) => (handle.clone(), mount),
                         None => return Ok(None),
@@ -414,12 +429,7 @@ impl InodeData {
         if InodeKey::of(&st) != self.key || st.st_mode & libc::S_IFMT != self.file_type {
             return Err(estale());
         }
-        let same = match &self.slot()?.held {
-            Held::Closed(id) => id.matches(fd),
-            Held::Fd(_) => true,
-            Held::Lost => false,
-        };
-        if same {
+        if self.slot()?.matches(fd) {
             Ok(())
         } else {
             Err(estale())
