@@ -122,7 +122,7 @@ pub struct InodeData {
     pub(super) refcount: AtomicU64,
     /// The name this inode was first found under: its lookup hint, removed with it.
     pub(super) hint: Option<NameKey>,
-    /// Used since the clock's hand last passed (see `budget`).
+    /// Used since it last came to the front of the eviction queue (see `budget`).
     marked: AtomicBool,
     /// Whether it holds an fd now (mirrors `slot`, readable without its lock).
     has_fd: AtomicBool,
@@ -377,6 +377,8 @@ impl InodeData {
         slot.held = Held::Fd(fd.clone());
         self.has_fd.store(true, Ordering::Release);
         drop(slot);
+        // Just used: to the back of the queue, with a second chance.
+        self.mark();
         self.budget.took(Some(self.me.clone()));
         self.budget.make_room();
         fd
