@@ -386,6 +386,14 @@ fn namespace_as_root() {
         .filter_map(|l| l.split_whitespace().nth(4))
         .collect();
     assert_eq!(points, ["/"], "only the share is mounted:\n{mounts}");
+    // Device nodes in the share cannot be opened by the daemon (only by the guest, its own).
+    assert!(
+        mounts.lines().all(|l| l
+            .split_whitespace()
+            .nth(5)
+            .is_some_and(|o| o.split(',').any(|f| f == "nodev"))),
+        "the share's mounts are nodev:\n{mounts}"
+    );
     let net = std::fs::read_to_string(child.path("net/dev")).unwrap();
     let ifaces: Vec<&str> = net
         .lines()

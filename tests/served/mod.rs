@@ -78,9 +78,13 @@ impl Served {
     /// supervisor's child.
     pub fn server_pid(&self) -> u32 {
         let pid = self.daemon.pid();
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()
-            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .find_map(|c| c.split_whitespace().next()?.parse().ok())
             .unwrap_or(pid)
     }
 
