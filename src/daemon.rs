@@ -438,6 +438,7 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     check_shared_dir(&opt.shared_dir)?;
     // Options that cannot go together are refused before a socket exists.
     let fs_config = opt.fs_config().map_err(DaemonError::Options)?;
+    check_file_handles(&fs_config, &sandbox_cfg, &opt.shared_dir)?;
     // The socket is created outside the sandbox: its path may be anywhere on the host.
     let (unix_listener, socket_file) = listener(opt)?;
     let created = socket_file.as_ref().map(|s| s.path.clone());
@@ -459,6 +460,33 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
         remove_socket(&socket_file);
     }
     served
+}
+
+/// `--inode-file-handles=mandatory` where file handles cannot be used is refused before anything
+/// is set up: the daemon would not keep CAP_DAC_READ_SEARCH, or the shared filesystem has no
+/// handles. (The filesystem checks again with the capabilities it ends up with.)
+fn check_file_handles(
+    fs: &crate::fs::Config,
+    sandbox_cfg: &sandbox::Config,
+    dir: &Path,
+) -> Result<(), DaemonError> {
+    if fs.file_handles != crate::fs::FileHandles::Mandatory {
+        return Ok(());
+    }
+    let why = if !sandbox::keeps_dac_read_search(sandbox_cfg) {
+        "file handles need CAP_DAC_READ_SEARCH: run as root (and keep dac_read_search in --modcaps)"
+    } else if std::fs::File::open(dir)
+        .and_then(|d| crate::sys::name_to_handle(d.as_fd()))
+        .is_err()
+    {
+        "the shared filesystem has no file handles"
+    } else {
+        return Ok(());
+    };
+    Err(DaemonError::Options(format!(
+        "--inode-file-handles=mandatory: {why}; use --inode-file-handles=never (the default: \
+         inodes are reopened by name)"
+    )))
 }
 
 /// `--exit-with-parent`: have the parent's exit arrive as SIGTERM; false (logged) when it has

@@ -169,6 +169,21 @@ pub fn check(cfg: &Config) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Whether the daemon will keep CAP_DAC_READ_SEARCH (and so may open file handles) once
+/// [`enter`] reduced its capabilities: root, file handles chosen or the capability added with
+/// `--modcaps` (and not removed), and held now. Unprivileged, capabilities in a user namespace
+/// of our own would not count for open_by_handle_at.
+pub fn keeps_dac_read_search(cfg: &Config) -> bool {
+    let base = if cfg.file_handles {
+        CapSet::PASSTHROUGH_WITH_HANDLES
+    } else {
+        CapSet::PASSTHROUGH
+    };
+    is_root()
+        && cfg.modcaps.apply(base).contains(caps::CAP_DAC_READ_SEARCH)
+        && sys::capget().is_ok_and(|c| CapSet(c.permitted).contains(caps::CAP_DAC_READ_SEARCH))
+}
+
 /// Steps that need privileges the sandbox takes away, done while the daemon still has them:
 /// the open file limit (its hard limit needs CAP_SYS_RESOURCE) and root's supplementary groups
 /// (which the guest's users would otherwise borrow whenever the daemon acts as them).
