@@ -105,8 +105,10 @@ fn an_unprivileged_daemon_walks_a_tree_far_past_its_fd_limit() {
 }
 
 /// As root, the default sandbox (namespace, `--seccomp=kill`) keeps no CAP_DAC_READ_SEARCH,
-/// and still walks a tree eight times its open-file limit. With `--inode-file-handles=prefer`
-/// it keeps the capability and reopens evicted inodes from their file handles.
+/// refuses open_by_handle_at with a second seccomp filter, and still walks a tree eight times
+/// its open-file limit. With `--inode-file-handles=prefer` it keeps the capability (and one
+/// filter) and reopens evicted inodes from their file handles; `--modcaps=+dac_read_search`
+/// keeps the capability without changing how inodes are held.
 #[test]
 fn a_root_daemon_keeps_no_dac_read_search_and_walks_past_its_fd_limit() {
     if !served::is_root() {
@@ -118,8 +120,9 @@ fn a_root_daemon_keeps_no_dac_read_search_and_walks_past_its_fd_limit() {
     let share = dir.path().join("share");
     std::fs::create_dir_all(share.join("tree")).unwrap();
     tree_walk::make(&share.join("tree"), shape).unwrap();
-    for (args, handles) in [
-        (&["--sandbox=namespace", "--seccomp=kill"][..], false),
+    // (options, keeps the capability, reopens from file handles)
+    for (args, cap, handles) in [
+        (&["--sandbox=namespace", "--seccomp=kill"][..], false, false),
         (
             &[
                 "--sandbox=namespace",
@@ -127,6 +130,12 @@ fn a_root_daemon_keeps_no_dac_read_search_and_walks_past_its_fd_limit() {
                 "--inode-file-handles=prefer",
             ][..],
             true,
+            true,
+        ),
+        (
+            &["--sandbox=chroot", "--modcaps=+dac_read_search"][..],
+            true,
+            false,
         ),
     ] {
         let s = serve(
@@ -145,16 +154,11 @@ fn a_root_daemon_keeps_no_dac_read_search_and_walks_past_its_fd_limit() {
             0,
             "{args:?}: root's capabilities {eff:#x}"
         );
-        assert_eq!(
-            eff & CAP_DAC_READ_SEARCH != 0,
-            handles,
-            "{args:?}: {eff:#x}"
-        );
-        assert_eq!(
-            bnd & CAP_DAC_READ_SEARCH != 0,
-            handles,
-            "{args:?}: {bnd:#x}"
-        );
+        assert_eq!(eff & CAP_DAC_READ_SEARCH != 0, cap, "{args:?}: {eff:#x}");
+        assert_eq!(bnd & CAP_DAC_READ_SEARCH != 0, cap, "{args:?}: {bnd:#x}");
+        // The allowlist, and before it the refusal of open_by_handle_at without the capability.
+        let filters = if cap { "1" } else { "2" };
+        assert_eq!(s.status("Seccomp_filters"), filters, "{args:?}");
         let (r, _) = walk(&s, &share, shape, 256);
         assert_eq!(r.inodes, (shape.file_count() + shape.dir_count()) as u64);
         let log = s.daemon.log();
@@ -166,7 +170,7 @@ fn a_root_daemon_keeps_no_dac_read_search_and_walks_past_its_fd_limit() {
         assert!(log.contains(how), "{args:?}: {log}");
         assert_eq!(
             log.contains("open_by_handle_at refused (EPERM)"),
-            !handles,
+            !cap,
             "{args:?}: {log}"
         );
     }

@@ -611,18 +611,6 @@ fn modcaps_and_rlimit_nofile() {
     assert_caps(&p, (PASSTHROUGH_CAPS & !CAP_MKNOD) | CAP_SYS_ADMIN, true);
     assert_eq!(p.nofile(), ("4096".to_string(), "4096".to_string()));
     daemon.terminate(EXIT_TIMEOUT);
-    // File handles are a choice, and bring CAP_DAC_READ_SEARCH with them (and no filter
-    // refusing open_by_handle_at); --modcaps can add it too.
-    for extra in ["--inode-file-handles=prefer", "--modcaps=+dac_read_search"] {
-        let mut daemon = DaemonSpec::fs(Ok(vufsd_bin()), &share.socket(), &share.share)
-            .args(["--sandbox", "chroot", extra])
-            .spawn(share.dir.path());
-        let p = server(&mut daemon, false);
-        assert_caps(&p, PASSTHROUGH_CAPS | CAP_DAC_READ_SEARCH, true);
-        assert_seccomp(&p);
-        assert_eq!(p.status("Seccomp_filters"), "1", "{extra}");
-        daemon.terminate(EXIT_TIMEOUT);
-    }
 }
 
 /// `--seccomp=none` installs no filter; `log` and `trap` install one.
