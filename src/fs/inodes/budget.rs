@@ -49,6 +49,11 @@ impl FdBudget {
         }
     }
 
+    /// Inode fds kept at most.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }

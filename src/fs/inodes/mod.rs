@@ -175,6 +175,11 @@ impl InodeStore {
         Ok(())
     }
 
+    /// How many inode fds the table keeps at most (past it, the least recently used go).
+    pub fn fd_budget(&self) -> usize {
+        self.budget.limit()
+    }
+
     /// Inode fds held now (the mounts' fds not counted).
     pub fn fds_held(&self) -> usize {
         self.budget.held()

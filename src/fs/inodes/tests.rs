@@ -147,6 +147,7 @@ fn past_the_budget_inodes_are_evicted_and_reopened_by_name() {
     let nodes: Vec<_> = (0..40)
         .map(|i| lookup(&store, &root, &format!("f{i}")).unwrap())
         .collect();
+    assert_eq!(store.fd_budget(), 8);
     assert!(store.fds_held() <= 8, "{} fds held", store.fds_held());
     assert!(!nodes[0].has_fd(), "the first ones were evicted");
     // Every one still answers for its own file, and the budget holds while they come back.
