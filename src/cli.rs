@@ -380,7 +380,7 @@ impl Opt {
             seccomp: self.seccomp.into(),
             modcaps: self.modcaps.unwrap_or_default(),
             rlimit_nofile: self.rlimit_nofile,
-            file_handles: self.file_handles(),
+            file_handles: self.file_handles() != crate::fs::FileHandles::Never,
         }
     }
 
@@ -400,12 +400,16 @@ impl Opt {
         }
     }
 
-    /// Whether inodes past the fd budget may be held by file handle.
-    fn file_handles(&self) -> bool {
-        !matches!(
-            self.virtiofsd.inode_file_handles,
-            Some(crate::compat::InodeFileHandles::Never)
-        )
+    /// Whether inodes evicted past the fd budget may be reopened from file handles (and so
+    /// whether a root daemon keeps CAP_DAC_READ_SEARCH).
+    fn file_handles(&self) -> crate::fs::FileHandles {
+        use crate::compat::InodeFileHandles as Arg;
+        use crate::fs::FileHandles;
+        match self.virtiofsd.inode_file_handles {
+            None | Some(Arg::Never) => FileHandles::Never,
+            Some(Arg::Prefer | Arg::Fallback) => FileHandles::Prefer,
+            Some(Arg::Mandatory) => FileHandles::Mandatory,
+        }
     }
 
     /// The filesystem's configuration, or why the options cannot go together.

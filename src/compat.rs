@@ -47,16 +47,18 @@ pub enum Negotiation {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InodeFileHandles {
-    /// Reference inodes by O_PATH file descriptors only.
+    /// Never open file handles (the default): inodes evicted past the fd budget are reopened
+    /// by name, and a root daemon keeps no CAP_DAC_READ_SEARCH.
     Never,
-    /// O_PATH fds while under the fd budget (half the open-file limit), file handles for
-    /// further non-directory inodes where the filesystem supports them and vufsd may open them
-    /// (CAP_DAC_READ_SEARCH, kept for this when vufsd runs as root). The default.
+    /// Reopen evicted inodes from their file handles where the filesystem has them. A root
+    /// daemon keeps CAP_DAC_READ_SEARCH for it, with which open_by_handle_at reaches any inode
+    /// of the share's filesystem, inside the share or not (docs/security.md).
     Prefer,
     /// Old name of `prefer`.
     #[value(hide = true)]
     Fallback,
-    /// File handles only (refused: vufsd keeps O_PATH fds while it can, they are faster).
+    /// As `prefer`, and refuse to start where file handles cannot be used (not root, or a
+    /// filesystem without them).
     Mandatory,
 }
 
@@ -97,8 +99,10 @@ pub struct VirtiofsdArgs {
     #[arg(long, overrides_with = "announce_submounts")]
     pub no_announce_submounts: bool,
 
-    /// virtiofsd's inode references: vufsd always uses O_PATH file descriptors, so `never` is
-    /// what it does, `prefer` is accepted with a warning and `mandatory` is refused.
+    /// How inodes are found again once evicted past the fd budget (half the open-file limit;
+    /// vufsd holds an O_PATH fd for the inodes under it): by name, relative to their parent
+    /// directory (`never`, the default), or from their file handles (`prefer`, `mandatory`:
+    /// root only, and a security trade-off, see docs/security.md).
     #[arg(long, value_enum, value_name = "MODE")]
     pub inode_file_handles: Option<InodeFileHandles>,
 
@@ -296,14 +300,6 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
     if v.syslog {
         notes.push(Ignored(
             "--syslog is not supported: logging to stderr (under systemd that is the journal)"
-                .into(),
-        ));
-    }
-    if let Some(InodeFileHandles::Mandatory) = v.inode_file_handles {
-        notes.push(Refused(
-            "--inode-file-handles=mandatory is not supported: vufsd references inodes by O_PATH \
-             file descriptors while under its fd budget and by file handles beyond it; use \
-             --inode-file-handles=prefer (the default) or never"
                 .into(),
         ));
     }

@@ -461,6 +461,7 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     check_shared_dir(&opt.shared_dir)?;
     // Options that cannot go together are refused before a socket exists.
     let fs_config = opt.fs_config().map_err(DaemonError::Options)?;
+    check_file_handles(&fs_config, &sandbox_cfg, &opt.shared_dir)?;
     // The socket is created outside the sandbox: its path may be anywhere on the host.
     let (unix_listener, socket_file) = listener(opt)?;
     let created = socket_file.as_ref().map(|s| s.path.clone());
@@ -482,6 +483,33 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
         remove_socket(&socket_file);
     }
     served
+}
+
+/// `--inode-file-handles=mandatory` where file handles cannot be used is refused before anything
+/// is set up: the daemon would not keep CAP_DAC_READ_SEARCH, or the shared filesystem has no
+/// handles. (The filesystem checks again with the capabilities it ends up with.)
+fn check_file_handles(
+    fs: &crate::fs::Config,
+    sandbox_cfg: &sandbox::Config,
+    dir: &Path,
+) -> Result<(), DaemonError> {
+    if fs.file_handles != crate::fs::FileHandles::Mandatory {
+        return Ok(());
+    }
+    let why = if !sandbox::keeps_dac_read_search(sandbox_cfg) {
+        "file handles need CAP_DAC_READ_SEARCH: run as root (and keep dac_read_search in --modcaps)"
+    } else if std::fs::File::open(dir)
+        .and_then(|d| crate::sys::name_to_handle(d.as_fd()))
+        .is_err()
+    {
+        "the shared filesystem has no file handles"
+    } else {
+        return Ok(());
+    };
+    Err(DaemonError::Options(format!(
+        "--inode-file-handles=mandatory: {why}; use --inode-file-handles=never (the default: \
+         inodes are reopened by name)"
+    )))
 }
 
 /// `--exit-with-parent`: have the parent's exit arrive as SIGTERM; false (logged) when it has
@@ -563,8 +591,21 @@ fn serve(
     // After the capabilities were reduced, so that it sees the ones it will have.
     let fs = Arc::new(
         Passthrough::with_proc_fd(&jail.root, &opt.shared_dir, jail.proc_self_fd, fs_config)
-            .map_err(|e| DaemonError::SharedDirAccess(opt.shared_dir.clone(), e))?,
+            .map_err(|e| match e.kind() {
+                // --inode-file-handles=mandatory where handles cannot be used.
+                io::ErrorKind::Unsupported => DaemonError::Options(e.to_string()),
+                _ => DaemonError::SharedDirAccess(opt.shared_dir.clone(), e),
+            })?,
     );
+    if opt.migration_options().mode == crate::migration::Mode::FileHandles
+        && crate::sys::effective_caps().unwrap_or(0) & (1 << crate::sys::CAP_DAC_READ_SEARCH) == 0
+    {
+        warn!(
+            "--migration-mode=file-handles: this daemon may not open file handles (no \
+             CAP_DAC_READ_SEARCH: add --inode-file-handles=prefer as root, or \
+             --modcaps=+dac_read_search); as a migration destination it finds inodes by path"
+        );
+    }
     // From this thread, whose credentials no longer change; before the seccomp filter, which
     // allows no such prctl.
     if let Some(p) = parent {

@@ -5,6 +5,8 @@
 //! - answers opcodes the Server does not know (COPY_FILE_RANGE, SYNCFS, and anything newer or
 //!   invalid) itself, so an unknown opcode is a clean ENOSYS rather than a trip through the
 //!   Server's opcode table;
+//! - refuses what the Server would serve wrongly: RENAME2 with flags it does not know (it
+//!   would drop them and rename anyway) gets EINVAL;
 //! - serves a request only if its reply will fit: a filesystem operation whose reply cannot be
 //!   delivered (a node id, a handle, "the write happened") would leave the daemon holding what
 //!   the guest never learnt of, or the guest believing the opposite of what happened;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
     AttrOut, CopyFileRangeIn, CreateIn, EntryOut, InHeader, IoctlIn, IoctlOut, LkIn, LkOut, Opcode,
-    OpenOut, OutHeader, StatfsOut, WriteOut, LK_FLOCK,
+    OpenOut, OutHeader, Rename2In, StatfsOut, WriteOut, LK_FLOCK,
 };
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::api::server::Server;
@@ -73,6 +75,26 @@ fn fixed_reply_len(opcode: u32) -> Option<usize> {
         10..=12 | 18 | 20 | 21 | 24 | 25 | 29 | 30 | 32..=34 | 38 | 43 | 45 | FUSE_SYNCFS => header,
         _ => return None,
     })
+}
+
+/// RENAME2 flags the filesystem implements (`renameat2`'s, less none).
+const RENAME_FLAGS: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+
+/// An errno for a request the Server would serve wrongly, read before it gets the request:
+/// fuse-backend-rs 0.14 masks RENAME2's flags to the ones it knows before the filesystem sees
+/// them, so an unknown flag would make a plain rename that replaces its target. None: the
+/// request goes on (a body too short to read is the Server's to refuse).
+fn refuse_before_server<S: vm_memory::bitmap::BitmapSlice>(
+    opcode: u32,
+    reader: &Reader<'_, S>,
+) -> Option<i32> {
+    if opcode != Opcode::Rename2 as u32 {
+        return None;
+    }
+    let mut peek = reader.clone();
+    peek.read_obj::<InHeader>().ok()?;
+    let args = peek.read_obj::<Rename2In>().ok()?;
+    (args.flags & !RENAME_FLAGS != 0).then_some(libc::EINVAL)
 }
 
 /// Requests that may block for as long as another guest process pleases (a lock wait): they
@@ -243,6 +265,9 @@ impl Dispatcher {
                 return u32::try_from(reply_error(writer, header.unique, libc::EINVAL))
                     .unwrap_or(0);
             }
+        }
+        if let Some(errno) = refuse_before_server(opcode, &reader) {
+            return u32::try_from(reply_error(writer, header.unique, errno)).unwrap_or(0);
         }
         let written = if server_handles(opcode) {
             match self

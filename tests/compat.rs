@@ -332,15 +332,32 @@ const CASES: &[Case] = &[
         ],
         Refuse(&["--posix-acl", "--translate-uid"]),
     ),
+    // File handles are a choice (docs/security.md): root keeps CAP_DAC_READ_SEARCH for them;
+    // an unprivileged daemon cannot open them, and `mandatory` then refuses to start.
     case(
-        "--inode-file-handles=mandatory",
+        "--inode-file-handles=mandatory, root",
         &[
             "--socket-path={sock}",
             "--shared-dir={share}",
             "--inode-file-handles=mandatory",
         ],
-        Refuse(&["--inode-file-handles=mandatory", "never"]),
+        Accept(&[]),
     ),
+    Case {
+        source: "--inode-file-handles=mandatory, unprivileged",
+        args: &[
+            "--socket-path={sock}",
+            "--shared-dir={share}",
+            "--sandbox=none",
+            "--inode-file-handles=mandatory",
+        ],
+        unprivileged: true,
+        expect: Refuse(&[
+            "--inode-file-handles=mandatory",
+            "CAP_DAC_READ_SEARCH",
+            "never",
+        ]),
+    },
     case(
         "--xattrmap (Kata's)",
         &[
@@ -381,7 +398,9 @@ const CASES: &[Case] = &[
             "--migration-verify-handles",
             "--migration-confirm-paths",
         ],
-        Accept(&[]),
+        // file-handles mode opens handles on a destination: without
+        // --inode-file-handles=prefer the daemon may not, and says it will go by path.
+        Accept(&["--migration-mode=file-handles"]),
     ),
 ];
 

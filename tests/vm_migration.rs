@@ -282,7 +282,12 @@ fn an_unlinked_open_file_moves_by_file_handle_and_refuses_by_path() {
     std::fs::remove_dir_all(s.dir.path().join("dst")).unwrap();
     std::fs::remove_file(s.host("after.txt")).ok();
 
-    let opts = ["--migration-mode=file-handles"];
+    // Opening handles needs CAP_DAC_READ_SEARCH, which a root daemon keeps only when file
+    // handles are chosen (docs/security.md).
+    let opts = [
+        "--migration-mode=file-handles",
+        "--inode-file-handles=prefer",
+    ];
     let src = s.daemon("src-h", &opts, None);
     let dst = s.daemon("dst-h", &opts, None);
     let mut src_vm = boot_source(&s, &m, &src);

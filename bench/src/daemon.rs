@@ -230,10 +230,15 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `$TMPDIR/<prefix>-<pid>-<n>`.
     pub fn new(prefix: &str) -> Result<Self> {
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// Creates `<parent>/<prefix>-<pid>-<n>` (big trees go to /var/tmp, not a tmpfs /tmp).
+    pub fn new_in(parent: &Path, prefix: &str) -> Result<Self> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let path = parent.join(format!("{prefix}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
             .map_err(|e| Error::io(format!("mkdir {}", path.display()), e))?;

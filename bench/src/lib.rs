@@ -47,6 +47,7 @@ pub mod replay;
 pub mod soak;
 pub mod state_transfer;
 pub mod stats;
+pub mod tree_walk;
 pub mod virtqueue;
 pub mod workload;
 

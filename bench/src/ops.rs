@@ -466,6 +466,32 @@ pub fn rename(parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u
     }
 }
 
+/// FUSE_SETLK (`wait`: SETLKW) of `lock_type` (F_RDLCK, F_WRLCK, F_UNLCK) over the whole
+/// file for `owner`; `flock`: flock(2) semantics (FUSE_LK_FLOCK), else a POSIX lock.
+pub fn setlk(
+    nodeid: u64,
+    fh: u64,
+    owner: u64,
+    lock_type: i32,
+    flock: bool,
+    wait: bool,
+) -> Call<()> {
+    let mut body = Vec::with_capacity(48);
+    body.extend_from_slice(&fh.to_ne_bytes());
+    body.extend_from_slice(&owner.to_ne_bytes());
+    body.extend_from_slice(&0u64.to_ne_bytes()); // start
+    body.extend_from_slice(&(i64::MAX as u64).to_ne_bytes()); // end: to EOF
+    body.extend_from_slice(&(lock_type as u32).to_ne_bytes());
+    body.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    body.extend_from_slice(&u32::from(flock).to_ne_bytes()); // lk_flags: FUSE_LK_FLOCK = 1
+    body.extend_from_slice(&0u32.to_ne_bytes()); // padding
+    let op = if wait { opcode::SETLKW } else { opcode::SETLK };
+    Call {
+        req: FuseRequest::new(op, nodeid).bytes(&body),
+        parse: empty,
+    }
+}
+
 /// FUSE_STATFS.
 pub fn statfs(nodeid: u64) -> Call<Kstatfs> {
     Call {

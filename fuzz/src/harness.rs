@@ -20,7 +20,7 @@ use fuse_backend_rs::abi::fuse_abi::{EntryOut, InHeader, OpenOut, OutHeader};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use vufsd::fs::idmap::IdMap;
 use vufsd::fs::open_flags::NoatimePolicy;
-use vufsd::fs::{CachePolicy, Config, Passthrough};
+use vufsd::fs::{CachePolicy, Config, FileHandles, Passthrough};
 use vufsd::protocol::Dispatcher;
 
 use crate::bytes::Input;
@@ -113,7 +113,11 @@ fn config(a: u8, b: u8) -> Config {
         },
         uid_map,
         gid_map,
-        file_handles: b & 0x10 == 0,
+        file_handles: if b & 0x10 == 0 {
+            FileHandles::Never
+        } else {
+            FileHandles::Prefer
+        },
     }
 }
 

@@ -1,6 +1,7 @@
 //! The options the filesystem takes from the command line, and how they decide the way inodes
 //! are held.
 
+use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
@@ -76,8 +77,22 @@ pub struct Config {
     /// uid and gid translation between guest and host (`--translate-uid/gid`).
     pub uid_map: idmap::IdMap,
     pub gid_map: idmap::IdMap,
-    /// Hold inodes past the fd budget by file handle (`--inode-file-handles=prefer`).
-    pub file_handles: bool,
+    /// Whether inodes evicted past the fd budget may be reopened from file handles
+    /// (`--inode-file-handles`).
+    pub file_handles: FileHandles,
+}
+
+/// `--inode-file-handles`, as the filesystem sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FileHandles {
+    /// Never: evicted inodes are reopened by name, relative to their parent.
+    #[default]
+    Never,
+    /// From their file handles where the daemon may open them (CAP_DAC_READ_SEARCH) and the
+    /// filesystem has them; by name otherwise.
+    Prefer,
+    /// From their file handles; refuse to start where that cannot be done.
+    Mandatory,
 }
 
 impl Default for Config {
@@ -98,29 +113,52 @@ impl Default for Config {
             posix_acl: false,
             uid_map: idmap::IdMap::default(),
             gid_map: idmap::IdMap::default(),
-            file_handles: true,
+            file_handles: FileHandles::Never,
         }
     }
 }
 
 /// How to hold inodes: O_PATH fds up to half the open-file limit (the rest is for open files,
-/// locks and the device), then file handles if the daemon may open them (CAP_DAC_READ_SEARCH)
-/// and the shared filesystem has them.
-pub(super) fn hold_policy(cfg: &Config, caps: u64, root: BorrowedFd<'_>) -> inodes::HoldPolicy {
+/// locks and the device); past that, the least recently used are closed and reopened when
+/// used again — by name, or from their file handles when that was chosen, the daemon may open
+/// them (CAP_DAC_READ_SEARCH) and the shared filesystem has them. `--inode-file-handles=
+/// mandatory` where handles cannot be used is an error (ErrorKind::Unsupported).
+pub(super) fn hold_policy(
+    cfg: &Config,
+    caps: u64,
+    root: BorrowedFd<'_>,
+) -> io::Result<inodes::HoldPolicy> {
     let fd_budget = usize::try_from(sys::nofile_limit() / 2)
         .unwrap_or(usize::MAX)
         .max(64);
-    let may = cfg.file_handles && caps & (1 << sys::CAP_DAC_READ_SEARCH) != 0;
-    let handles = may && sys::name_to_handle(root).is_ok();
+    let wanted = cfg.file_handles != FileHandles::Never;
+    let capable = caps & (1 << sys::CAP_DAC_READ_SEARCH) != 0;
+    let fs_has = sys::name_to_handle(root).is_ok();
+    let handles = wanted && capable && fs_has;
+    let why_not = if !capable {
+        "file handles need CAP_DAC_READ_SEARCH: run as root"
+    } else {
+        "the shared filesystem has no file handles"
+    };
+    if cfg.file_handles == FileHandles::Mandatory && !handles {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "--inode-file-handles=mandatory: {why_not}; use --inode-file-handles=never \
+                 (the default: inodes are reopened by name)"
+            ),
+        ));
+    }
+    let how = if handles {
+        "from their file handles".to_string()
+    } else if wanted {
+        format!("by name ({why_not})")
+    } else {
+        "by name".to_string()
+    };
     info!(
-        "inodes held by O_PATH fd up to {fd_budget}, then {}",
-        if handles {
-            "by file handle"
-        } else if may {
-            "still by fd (the shared filesystem has no file handles)"
-        } else {
-            "still by fd (file handles need CAP_DAC_READ_SEARCH)"
-        }
+        "inodes held by O_PATH fd up to {fd_budget}; past that the least recently used are \
+         closed and reopened {how}"
     );
-    inodes::HoldPolicy { fd_budget, handles }
+    Ok(inodes::HoldPolicy { fd_budget, handles })
 }

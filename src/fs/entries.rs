@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::{Context, Entry};
 
-use super::inodes::{InodeData, NameKey, ROOT_ID};
+use super::inodes::{Found, InodeData, InodeKey, NameKey, ROOT_ID};
 use super::{check_name, err, Passthrough};
 use crate::sys::{self, Stat};
 
@@ -15,7 +15,7 @@ impl Passthrough {
     /// Look `name` up in `parent` and count a reference to it.
     pub(super) fn do_lookup(
         &self,
-        parent: &InodeData,
+        parent: &Arc<InodeData>,
         name: &CStr,
     ) -> io::Result<(Arc<InodeData>, Stat)> {
         // ".." of the root is the root: the guest must not climb out of the share.
@@ -29,13 +29,23 @@ impl Passthrough {
         if self.inodes.has_hint(&hint) {
             let st = sys::fstatat(dir.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
             if let Some(inode) = self.inodes.add_ref_hinted(&hint, &st) {
+                inode.note_location(parent, name);
                 return Ok((inode, st));
             }
         }
         let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::stat_fd(fd.as_fd())?;
-        let inode = self.inodes.add_ref(fd, &st, Some(hint))?;
+        let inode = self.inodes.add_ref(fd, &st, Some(Found { parent, name }))?;
         Ok((inode, st))
+    }
+
+    /// After a rename: the inode now at `name` in `dir` is reopened from there once evicted.
+    fn moved_to(&self, dir: &Arc<InodeData>, dir_fd: BorrowedFd<'_>, name: &CStr) {
+        if let Ok(st) = sys::fstatat(dir_fd, name, libc::AT_SYMLINK_NOFOLLOW) {
+            if let Some(inode) = self.inodes.find(InodeKey::of(&st)) {
+                inode.note_location(dir, name);
+            }
+        }
     }
 
     /// Create `name` in the directory `parent` as the caller — `make` does the host call,
@@ -170,13 +180,13 @@ impl Passthrough {
         }
         let old = self.dir_inode(olddir)?;
         let new = self.dir_inode(newdir)?;
-        sys::renameat2(
-            old.fd()?.as_fd(),
-            oldname,
-            new.fd()?.as_fd(),
-            newname,
-            flags,
-        )
+        let (old_fd, new_fd) = (old.fd()?, new.fd()?);
+        sys::renameat2(old_fd.as_fd(), oldname, new_fd.as_fd(), newname, flags)?;
+        self.moved_to(&new, new_fd.as_fd(), newname);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.moved_to(&old, old_fd.as_fd(), oldname);
+        }
+        Ok(())
     }
 
     pub(super) fn link(

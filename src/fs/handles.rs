@@ -7,6 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::dir::DirStream;
+use super::inodes::InodeData;
+
+/// Keeps the handle's inode holding its fd while the handle is open (see `inodes::budget`).
+#[derive(Debug)]
+struct Pin(Arc<InodeData>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.0.unpin();
+    }
+}
 
 /// One open host file or directory.
 #[derive(Debug)]
@@ -22,12 +33,21 @@ pub struct HandleData {
     /// Whether the O_NOATIME policy allowed it on this handle at open. A masked handle stays
     /// masked: later flag changes from the guest never re-add it.
     pub noatime_allowed: bool,
+    _pin: Pin,
 }
 
 impl HandleData {
-    pub fn new(inode: u64, file: OwnedFd, noatime_on: bool, noatime_allowed: bool) -> Self {
+    /// A handle on `inode`, which keeps its fd as long as the handle is open.
+    pub fn new(
+        inode: &Arc<InodeData>,
+        file: OwnedFd,
+        noatime_on: bool,
+        noatime_allowed: bool,
+    ) -> Self {
+        inode.pin();
         Self {
-            inode,
+            inode: inode.id,
+            _pin: Pin(inode.clone()),
             file,
             dir: Mutex::new(DirStream::default()),
             noatime_on: AtomicBool::new(noatime_on),

@@ -90,12 +90,20 @@ impl Passthrough {
             return Ok(f.clone());
         }
         // Read-write so that the owner can take both read and write locks on one description;
-        // where the daemon may not write the file, the handle's own access mode will do.
-        let fd = match inode.open(self.proc_self_fd.as_fd(), libc::O_RDWR) {
-            Ok(fd) => fd,
-            Err(_) => {
-                let mode = sys::get_fl(h.fd())? & libc::O_ACCMODE;
-                inode.open(self.proc_self_fd.as_fd(), mode)?
+        // where the daemon may not write the file, the handle's own access mode will do. A
+        // read-only share never opens a file for writing: there the description is read-only,
+        // and a write lock gets the host's EBADF, as on a read-only mount (a guest kernel
+        // refuses it itself: it needs a file open for writing).
+        let proc_fd = self.proc_self_fd.as_fd();
+        let fd = if self.cfg.readonly {
+            inode.open(proc_fd, libc::O_RDONLY)?
+        } else {
+            match inode.open(proc_fd, libc::O_RDWR) {
+                Ok(fd) => fd,
+                Err(_) => {
+                    let mode = sys::get_fl(h.fd())? & libc::O_ACCMODE;
+                    inode.open(proc_fd, mode)?
+                }
             }
         };
         let fd = Arc::new(fd);

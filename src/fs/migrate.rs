@@ -175,6 +175,18 @@ impl Finder<'_> {
         Ok((fd, st))
     }
 
+    /// Where `inode`, restored from `path`, is reopened from once evicted: its parent
+    /// directory, when that was restored too (or is the root).
+    fn note_location(&self, inode: &InodeData, path: &[u8]) {
+        let (parent, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (self.dirs.get(&path[..i]), &path[i + 1..]),
+            None => (Some(&self.root), path),
+        };
+        if let (Some(parent), Ok(name)) = (parent, CString::new(name)) {
+            inode.note_location(parent, &name);
+        }
+    }
+
     /// Whether what was found is the inode the source meant.
     fn confirm(&self, rec: &InodeRecord, fd: BorrowedFd<'_>, st: &Stat) -> Result<(), String> {
         let kind = st.st_mode & libc::S_IFMT;
@@ -522,6 +534,9 @@ impl Passthrough {
             }
             .map_err(|e| fail(format!("inode {} appears twice or is invalid: {e}", rec.id)))?;
             report.inodes += 1;
+            if let (Some(path), false) = (&rec.path, inode.is_lost()) {
+                finder.note_location(&inode, path);
+            }
             if let (Some(path), true) = (&rec.path, inode.is_dir() && !inode.is_lost()) {
                 finder.dirs.insert(path.clone(), inode);
             }
@@ -572,10 +587,7 @@ impl Passthrough {
         .map_err(|e| format!("cannot reopen it: {e}"))?;
         let on = flags & libc::O_NOATIME != 0;
         self.handles
-            .restore(
-                rec.fh,
-                HandleData::new(rec.inode, fd, on, rec.noatime_allowed),
-            )
+            .restore(rec.fh, HandleData::new(&inode, fd, on, rec.noatime_allowed))
             .map_err(|_| "its handle id appears twice or is 0".to_string())
     }
 }

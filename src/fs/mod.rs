@@ -50,7 +50,7 @@ use handles::HandleStore;
 use inodes::{InodeData, InodeStore};
 use open_flags::{DaemonCreds, NoatimeCounters, OpenRules};
 
-pub use config::{CachePolicy, Config};
+pub use config::{CachePolicy, Config, FileHandles};
 pub use open_flags::Noatime;
 
 pub struct Passthrough {
@@ -146,7 +146,7 @@ impl Passthrough {
         };
         // The guest kernel already applied the caller's umask; ours must not apply twice.
         sys::umask(0);
-        let hold = config::hold_policy(&cfg, caps, cwd.as_fd());
+        let hold = config::hold_policy(&cfg, caps, cwd.as_fd())?;
         info!(
             "serving {} (uid {euid}, CAP_FOWNER {}, O_NOATIME policy {})",
             shown.display(),

@@ -4,20 +4,21 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, OpenOptions};
 use fuse_backend_rs::api::filesystem::{Context, Entry};
 use log::debug;
 
 use super::handles::HandleData;
-use super::inodes::{InodeData, NameKey};
+use super::inodes::{Found, InodeData};
 use super::open_flags::{self, Noatime, NoatimePolicy};
 use super::{check_name, err, CachePolicy, Passthrough};
 use crate::sys;
 
 impl Passthrough {
     /// Open an existing regular file for the guest, applying the O_NOATIME policy.
-    fn open_file(&self, inode: &InodeData, guest_flags: u32) -> io::Result<HandleData> {
+    fn open_file(&self, inode: &Arc<InodeData>, guest_flags: u32) -> io::Result<HandleData> {
         if !inode.is_reg() {
             // Device nodes, fifos and sockets are opened by the guest kernel itself; a request
             // to open one here can only come from a misbehaving guest, and opening a device node
@@ -42,7 +43,7 @@ impl Passthrough {
     /// opened.
     fn open_existing(
         &self,
-        parent: &InodeData,
+        parent: &Arc<InodeData>,
         name: &CStr,
         guest_flags: u32,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
@@ -74,7 +75,7 @@ impl Passthrough {
     /// happened. Used for files and directories alike.
     pub(super) fn open_with_policy(
         &self,
-        inode: &InodeData,
+        inode: &Arc<InodeData>,
         mut flags: i32,
     ) -> io::Result<HandleData> {
         // Would the policy pass O_NOATIME for this inode? Decides this open, and whether a
@@ -109,7 +110,7 @@ impl Passthrough {
         let fd = result?;
         let on = flags & libc::O_NOATIME != 0;
         Ok(HandleData::new(
-            inode.id,
+            inode,
             fd,
             on,
             allowed && decision != Noatime::Retried,
@@ -155,7 +156,7 @@ impl Passthrough {
         let inode = self.inodes.add_ref(path_fd, &st, None)?;
         let fh = self
             .handles
-            .insert(HandleData::new(inode.id, fd, false, false))?;
+            .insert(HandleData::new(&inode, fd, false, false))?;
         Ok((self.entry(&parent, &inode, st), fh, self.open_options()))
     }
 
@@ -239,11 +240,16 @@ impl Passthrough {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(err(libc::EISDIR));
         }
-        let inode = self
-            .inodes
-            .add_ref(path_fd, &st, Some(NameKey::new(parent.id, name)))?;
+        let inode = self.inodes.add_ref(
+            path_fd,
+            &st,
+            Some(Found {
+                parent: &parent,
+                name,
+            }),
+        )?;
         let on = flags & libc::O_NOATIME != 0;
-        let fh = self.handles.insert(HandleData::new(inode.id, fd, on, on))?;
+        let fh = self.handles.insert(HandleData::new(&inode, fd, on, on))?;
         Ok((
             self.entry(&parent, &inode, st),
             Some(fh),

@@ -5,9 +5,10 @@
 //! set times on files it does not own, keep set-id bits, make device nodes and set file
 //! capabilities. Everything else root could do — mount, ptrace, load modules, bind ports, ... —
 //! is dropped from the effective, permitted, inheritable, ambient and bounding sets, so even a
-//! daemon taken over by a hostile guest cannot get it back. `CAP_DAC_READ_SEARCH` is kept only
-//! for file handles (`--inode-file-handles=prefer`, the default; `never` drops it): vufsd names
-//! inodes by O_PATH fds, and by handles only past its fd budget.
+//! daemon taken over by a hostile guest cannot get it back. `CAP_DAC_READ_SEARCH` is not kept
+//! unless file handles are chosen (`--inode-file-handles=prefer|mandatory`): with it,
+//! open_by_handle_at(2) opens any inode of the share's filesystem from a forged handle, inside
+//! the share or not. By default inodes past the fd budget are reopened by name instead.
 
 use std::fmt;
 use std::io;
@@ -61,6 +62,7 @@ const NAMES: [&str; 41] = [
 ];
 
 const CAP_SETPCAP: u32 = 8;
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
 
 /// A set of capabilities, bit n for capability n.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,9 +77,8 @@ impl CapSet {
     pub const PASSTHROUGH: CapSet =
         CapSet(1 << 0 | 1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 27 | 1 << 31);
 
-    /// The same plus dac_read_search, which open_by_handle_at(2) requires: kept when inodes
-    /// past the fd budget may be held by file handle (`--inode-file-handles=prefer`, the
-    /// default).
+    /// The same plus dac_read_search, which open_by_handle_at(2) requires: kept only when file
+    /// handles are chosen (`--inode-file-handles=prefer|mandatory`; docs/security.md).
     pub const PASSTHROUGH_WITH_HANDLES: CapSet = CapSet(CapSet::PASSTHROUGH.0 | 1 << 2);
 
     pub fn contains(self, cap: u32) -> bool {

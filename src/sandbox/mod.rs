@@ -57,7 +57,8 @@ pub struct Config {
     pub modcaps: CapChanges,
     /// `--rlimit-nofile`; None: the default raise.
     pub rlimit_nofile: Option<u64>,
-    /// Keep CAP_DAC_READ_SEARCH for opening file handles (`--inode-file-handles=prefer`).
+    /// Keep CAP_DAC_READ_SEARCH for opening file handles (`--inode-file-handles=prefer` or
+    /// `mandatory`; not by default).
     pub file_handles: bool,
 }
 
@@ -168,6 +169,21 @@ pub fn check(cfg: &Config) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Whether the daemon will keep CAP_DAC_READ_SEARCH (and so may open file handles) once
+/// [`enter`] reduced its capabilities: root, file handles chosen or the capability added with
+/// `--modcaps` (and not removed), and held now. Unprivileged, capabilities in a user namespace
+/// of our own would not count for open_by_handle_at.
+pub fn keeps_dac_read_search(cfg: &Config) -> bool {
+    let base = if cfg.file_handles {
+        CapSet::PASSTHROUGH_WITH_HANDLES
+    } else {
+        CapSet::PASSTHROUGH
+    };
+    is_root()
+        && cfg.modcaps.apply(base).contains(caps::CAP_DAC_READ_SEARCH)
+        && sys::capget().is_ok_and(|c| CapSet(c.permitted).contains(caps::CAP_DAC_READ_SEARCH))
+}
+
 /// Steps that need privileges the sandbox takes away, done while the daemon still has them:
 /// the open file limit (its hard limit needs CAP_SYS_RESOURCE) and root's supplementary groups
 /// (which the guest's users would otherwise borrow whenever the daemon acts as them).
@@ -260,8 +276,19 @@ pub fn restrict_syscalls(cfg: &Config) -> Result<(), SandboxError> {
             Ok(())
         }
         Some(action) => {
-            let allowed = seccomp::install(action).map_err(SandboxError::Seccomp)?;
-            info!("seccomp: {action} on calls outside an allowlist of {allowed}");
+            // open_by_handle_at only for a daemon that kept the capability it needs: one that
+            // gets it back some other way still cannot open a forged handle.
+            let handles = sys::capget()
+                .is_ok_and(|c| CapSet(c.effective).contains(caps::CAP_DAC_READ_SEARCH));
+            let allowed = seccomp::install(action, handles).map_err(SandboxError::Seccomp)?;
+            info!(
+                "seccomp: {action} on calls outside an allowlist of {allowed}{}",
+                if handles {
+                    ""
+                } else {
+                    "; open_by_handle_at refused (EPERM)"
+                }
+            );
             Ok(())
         }
     }

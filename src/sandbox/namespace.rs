@@ -215,11 +215,31 @@ fn build_root(shared_dir: &Path, unprivileged: bool) -> Result<Jail, SandboxErro
     if shared_dir != Path::new("/") {
         pivot_to(shared_dir, unprivileged)?;
     }
+    forbid_devices()?;
     Ok(Jail {
         root: PathBuf::from("/"),
         proc_self_fd,
         to_supervisor: None,
     })
+}
+
+/// Make every device node in the share unopenable for the daemon: its mounts, in our mount
+/// namespace only, become nodev. The filesystem never opens a device node (the guest opens its
+/// own), but a daemon taken over by the guest could make one (CAP_MKNOD, kept for the guest's
+/// mknod) or find one in the share, and open it: a disk, /dev/mem. Kernels before 5.12 have no
+/// mount_setattr; there the share keeps the host's mount flags, and vufsd says so.
+fn forbid_devices() -> Result<(), SandboxError> {
+    match sys::mount_setattr_recursive(Path::new("/"), sys::MOUNT_ATTR_NODEV) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            log::warn!(
+                "this kernel has no mount_setattr (Linux < 5.12): device nodes in the share stay \
+                 openable by the daemon (only a daemon taken over by the guest would open one)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(SandboxError::Process("make the share's mounts nodev", e)),
+    }
 }
 
 /// A fresh proc for our pid namespace (so `self` is us), with `/proc/self/fd` bind-mounted over

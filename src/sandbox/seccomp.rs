@@ -56,8 +56,8 @@ impl Action {
 const ALLOWED: &[(i64, &str)] = &[
     // The filesystem (fs/, sys.rs): every host call is *at on an fd we hold.
     (libc::SYS_openat, "open files and directories, reopen through /proc/self/fd"),
-    (libc::SYS_name_to_handle_at, "hold inodes past the fd budget by file handle"),
-    (libc::SYS_open_by_handle_at, "reach an inode held by file handle"),
+    (libc::SYS_name_to_handle_at, "an inode's identity before its fd is evicted; migration state (needs no capability)"),
+    (libc::SYS_open_by_handle_at, "reopen an inode from its file handle, when chosen (--inode-file-handles, a migration); EPERM from `refusing_handles` without CAP_DAC_READ_SEARCH"),
     (libc::SYS_newfstatat, "stat (fstatat, fstat with AT_EMPTY_PATH)"),
     (libc::SYS_fstat, "fstat (std, glibc)"),
     (libc::SYS_statx, "std's File::metadata"),
@@ -180,11 +180,35 @@ fn rules(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
     Ok(rules)
 }
 
+fn arch() -> Result<seccompiler::TargetArch, String> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("no seccomp filter for this architecture: {e}"))
+}
+
+/// The filter stacked before the allowlist of a daemon that keeps no CAP_DAC_READ_SEARCH:
+/// open_by_handle_at gets EPERM, everything else passes to the allowlist. The allowlist itself
+/// allows the call: of two filters' verdicts the kernel takes the stricter, and ERRNO is
+/// stricter than ALLOW but not than KILL, so the answer is EPERM (what the call says without
+/// the capability) in every `--seccomp` mode, and a migration's file-handles mode falls back
+/// to paths instead of killing the daemon.
+fn refusing_handles() -> Result<BpfProgram, String> {
+    let rules = BTreeMap::from([(libc::SYS_open_by_handle_at, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch()?,
+    )
+    .map_err(|e| e.to_string())?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
+}
+
 /// The compiled filter for `action`, and how many system calls it allows.
 fn program(action: Action) -> Result<(BpfProgram, usize), String> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| format!("no seccomp filter for this architecture: {e}"))?;
+    let arch = arch()?;
     let rules = rules(std::process::id()).map_err(|e| e.to_string())?;
     let allowed = rules.len();
     let filter = SeccompFilter::new(rules, action.mismatch(), SeccompAction::Allow, arch)
@@ -228,11 +252,16 @@ extern "C" fn on_trap(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
 }
 
 /// Install the filter for `action` on this thread (and so on every thread created after);
-/// returns how many system calls it allows.
-pub fn install(action: Action) -> Result<usize, String> {
+/// returns how many system calls it allows. `handles`: whether open_by_handle_at may work (the
+/// daemon kept CAP_DAC_READ_SEARCH); if not, [`refusing_handles`] goes first.
+pub fn install(action: Action, handles: bool) -> Result<usize, String> {
     let (program, allowed) = program(action)?;
     if action == Action::Trap {
         sys::on_sigsys(on_trap).map_err(|e| format!("cannot handle SIGSYS: {e}"))?;
+    }
+    // The refusal first: once the allowlist is in, prctl(PR_SET_SECCOMP) is not allowed.
+    if !handles {
+        sys::install_seccomp_filter(&refusing_handles()?).map_err(|e| e.to_string())?;
     }
     sys::install_seccomp_filter(&program).map_err(|e| e.to_string())?;
     Ok(allowed)
@@ -246,13 +275,23 @@ mod tests {
     /// returned 0 and 91 if it failed; the caller gets the wait status. Only async-signal-safe
     /// work after the fork.
     fn in_child(action: Action, call: fn() -> libc::c_long) -> i32 {
+        in_child_with(action, true, call)
+    }
+
+    /// As [`in_child`], with the filters of a daemon that keeps CAP_DAC_READ_SEARCH or not.
+    fn in_child_with(action: Action, handles: bool, call: fn() -> libc::c_long) -> i32 {
         let (program, _) = program(action).unwrap();
+        let refusing = refusing_handles().unwrap();
         // SAFETY: the child only makes raw syscalls and exits; the program was built before.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
             if action == Action::Trap {
                 let _ = sys::on_sigsys(on_trap);
+            }
+            if !handles && sys::install_seccomp_filter(&refusing).is_err() {
+                // SAFETY: exit at once from the child.
+                unsafe { libc::_exit(89) };
             }
             if sys::install_seccomp_filter(&program).is_err() {
                 // SAFETY: exit at once from the child.
@@ -309,6 +348,48 @@ mod tests {
         assert!(killed(in_child(Action::Kill, other_process)));
         assert!(succeeded(in_child(Action::Kill, get_flags)));
         assert!(killed(in_child(Action::Kill, fionread)));
+    }
+
+    /// open_by_handle_at(AT_FDCWD, NULL, 0): 0 when it failed with EPERM, 1 otherwise.
+    fn open_by_handle_is_eperm() -> libc::c_long {
+        // SAFETY: a NULL handle pointer makes the kernel fail the call (EFAULT) unless a
+        // filter or a missing capability answers first; nothing is written.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                libc::AT_FDCWD,
+                std::ptr::null_mut::<libc::c_void>(),
+                0,
+            )
+        };
+        // SAFETY: errno of this thread.
+        let errno = unsafe { *libc::__errno_location() };
+        libc::c_long::from(!(rc == -1 && errno == libc::EPERM))
+    }
+
+    #[test]
+    fn open_by_handle_at_is_eperm_unless_the_daemon_keeps_the_capability() {
+        for action in [Action::Kill, Action::Log, Action::Trap] {
+            let status = in_child_with(action, false, open_by_handle_is_eperm);
+            assert!(succeeded(status), "{action}: status {status:#x}");
+            // With the capability kept the call reaches the kernel (not killed; as root it
+            // fails with EFAULT rather than EPERM).
+            let status = in_child_with(action, true, open_by_handle_is_eperm);
+            assert!(libc::WIFEXITED(status), "{action}: status {status:#x}");
+            let root_with_cap = crate::sys::effective_caps()
+                .is_ok_and(|c| c & (1 << crate::sys::CAP_DAC_READ_SEARCH) != 0);
+            if root_with_cap {
+                assert_eq!(
+                    libc::WEXITSTATUS(status),
+                    91,
+                    "{action}: the kernel answered"
+                );
+            }
+        }
+        // name_to_handle_at needs no capability and stays allowed: it takes an inode's
+        // identity before its fd is evicted.
+        let rules = rules(1).unwrap();
+        assert!(rules.contains_key(&libc::SYS_name_to_handle_at));
     }
 
     #[test]

@@ -49,6 +49,42 @@ pub fn mount(
     .map(drop)
 }
 
+/// `MOUNT_ATTR_NODEV`: device nodes on the mount cannot be opened.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `mount_setattr(2)` with `AT_RECURSIVE`: add the `MOUNT_ATTR_*` flags `set` to the mount at
+/// `target` and to every mount below it, leaving their other flags as they are (Linux 5.12).
+pub fn mount_setattr_recursive(target: &Path, set: u64) -> io::Result<()> {
+    /// struct mount_attr from linux/mount.h.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let target = cpath(target)?;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a NUL-terminated path and a struct mount_attr of the size passed, which the
+    // kernel only reads.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as libc::c_int
+    })
+    .map(drop)
+}
+
 pub fn umount_detach(target: &Path) -> io::Result<()> {
     let target = cpath(target)?;
     // SAFETY: NUL-terminated path.

@@ -66,6 +66,26 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     fstatat(fd, EMPTY, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
 }
 
+/// The birth time of the inode `fd` refers to (statx `STATX_BTIME`), or None where the
+/// filesystem keeps none.
+pub fn birth_time(fd: BorrowedFd<'_>) -> io::Result<Option<(i64, u32)>> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `stx` is a writable struct statx; EMPTY with AT_EMPTY_PATH names `fd` itself.
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BTIME,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: zeroed before, filled by the kernel on success.
+    let stx = unsafe { stx.assume_init() };
+    Ok((stx.stx_mask & libc::STATX_BTIME != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)))
+}
+
 pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     // SAFETY: `buf` is writable for `buf.len()` bytes.

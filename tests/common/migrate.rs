@@ -101,7 +101,11 @@ fn migcheck() -> Result<PathBuf> {
     if out.is_file() {
         return Ok(out);
     }
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    // Tests of one binary run in parallel threads of one process: the temporary name must be
+    // unique per call, not just per process.
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_extension(format!("tmp{}-{seq}", std::process::id()));
     let st = Command::new("gcc")
         .args(["-static", "-O2", "-Wall", "-o"])
         .arg(&tmp)
