@@ -33,6 +33,16 @@ pub const DAEMON_ARGS: &[&str] = &["--xattr", "--posix-acl"];
 /// (or 137 when it had to be killed).
 const TEST_TIMEOUT: u64 = 600;
 
+/// Each share is a filesystem of its own of this size (see [`LoopFs`]).
+const SHARE_GIB: u32 = 8;
+
+fn test_timeout() -> u64 {
+    std::env::var("VUFSD_XFSTESTS_TEST_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(TEST_TIMEOUT)
+}
+
 /// Guest size: xfstests runs fsstress, fsx, aio and dbench workloads.
 const GUEST_MEM_MIB: u32 = 2048;
 const GUEST_CPUS: u32 = 2;
@@ -228,6 +238,53 @@ fn build(src: &Source) -> common::Result<PathBuf> {
     Ok(dir)
 }
 
+/// A share directory on a filesystem of its own: a sparse ext4 image on a loop device,
+/// mounted under the test's directory. Some tests fill their filesystem (generic/103
+/// fallocates all free space but 512 KiB): served from the host's root, they would fill the
+/// host's disk, and every other program on it would get ENOSPC. Unmounted and removed on drop.
+struct LoopFs {
+    mnt: PathBuf,
+    image: PathBuf,
+}
+
+impl LoopFs {
+    fn new(dir: &Path, name: &str, gib: u32) -> common::Result<LoopFs> {
+        let image = dir.join(format!("{name}.img"));
+        let mnt = dir.join(format!("{name}.mnt"));
+        std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
+        sh(&format!(
+            "truncate -s {gib}G {img} && mkfs.ext4 -q -F {img} && mount -o loop {img} {mnt}",
+            img = quote(&image),
+            mnt = quote(&mnt)
+        ))
+        .map_err(|e| {
+            format!("xfstests' shares are loop-mounted ext4 images (root, loop devices): {e}")
+        })?;
+        let fs = LoopFs { mnt, image };
+        std::fs::create_dir(fs.share()).context("mkdir share")?;
+        Ok(fs)
+    }
+
+    /// The shared directory (below the root, away from lost+found).
+    fn share(&self) -> PathBuf {
+        self.mnt.join("share")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let m = quote(&self.mnt);
+        if sh(&format!(
+            "umount {m} || {{ sleep 1; umount {m}; }} || umount -l {m}"
+        ))
+        .is_err()
+        {
+            eprintln!("could not unmount {}", self.mnt.display());
+        }
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
 /// What xfstests reported for one test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -397,8 +454,11 @@ pub fn run(
     let xfstests = build(&src).unwrap_or_else(|e| panic!("xfstests: {e}"));
     let program = require("the daemon under test", kind.program())?;
     let dir = TestDir::new(&format!("xfstests_{}", label.replace('/', "-")));
-    let test_share = dir.mkdir("test");
-    let scratch_share = dir.mkdir("scratch");
+    // Dropped before `dir`, after the daemons (declared below).
+    let test_fs = LoopFs::new(dir.path(), "test", SHARE_GIB).unwrap_or_else(|e| panic!("{e}"));
+    let scratch_fs =
+        LoopFs::new(dir.path(), "scratch", SHARE_GIB).unwrap_or_else(|e| panic!("{e}"));
+    let (test_share, scratch_share) = (test_fs.share(), scratch_fs.share());
     let mut test_daemon = DaemonSpec::fs(
         Ok(program.clone()),
         &dir.path().join("test.sock"),
@@ -417,10 +477,7 @@ pub fn run(
         Selection::Tests(t) => t.join(" "),
         Selection::Group(g) => format!("-g {g}"),
     };
-    let timeout = std::env::var("VUFSD_XFSTESTS_TEST_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(TEST_TIMEOUT);
+    let timeout = test_timeout();
     let script = format!(
         r#"
 {GUEST_USERS}
@@ -492,6 +549,7 @@ fn write_report(dir: &Path, kind: DaemonKind, label: &str, r: &Results, run_dir:
     if r.partial {
         body.push_str("# partial\n");
     }
+    body.push_str(&format!("# test-timeout {}\n", test_timeout()));
     if let Some(n) = r.group_size {
         body.push_str(&format!("# group-size {n}\n"));
     }
