@@ -431,6 +431,8 @@ const GUEST_USERS: &str = r#"
 add_user() {
   grep -q "^$1:" /host/etc/group || echo "$1:x:$2:" >> /host/etc/group
   grep -q "^$1:" /host/etc/passwd || echo "$1:x:$2:$2::/tmp:/bin/bash" >> /host/etc/passwd
+  # su's PAM account check (unix_chkpwd) wants a shadow entry too.
+  grep -q "^$1:" /host/etc/shadow || echo "$1:*:19000:0:99999:7:::" >> /host/etc/shadow
 }
 add_user fsgqa 7801
 add_user fsgqa2 7802
