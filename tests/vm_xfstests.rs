@@ -484,6 +484,8 @@ pub fn run(
         r#"
 {GUEST_USERS}
 mkdir -p /host/xfstests-mnt/test /host/xfstests-mnt/scratch /test/results
+# The lock tests (generic/131, generic/478...) talk to a helper over TCP on localhost.
+ip link set lo up || ifconfig lo 127.0.0.1 up
 echo "XFSTESTS-START uptime=$(cut -d' ' -f1 /proc/uptime)"
 hostrun env FSTYP=virtiofs TEST_DEV=xfs-test TEST_DIR=/xfstests-mnt/test \
     SCRATCH_DEV=xfs-scratch SCRATCH_MNT=/xfstests-mnt/scratch RESULT_BASE=/test/results \
