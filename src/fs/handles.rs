@@ -140,4 +140,14 @@ impl HandleStore {
     pub fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)
     }
+
+    /// Close every handle (the guest unmounted: it will never release them); returns how many
+    /// there were.
+    pub fn clear(&self) -> usize {
+        self.map.write().map_or(0, |mut m| {
+            let n = m.len();
+            m.clear();
+            n
+        })
+    }
 }

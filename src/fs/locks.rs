@@ -192,6 +192,15 @@ impl Passthrough {
     }
 
     /// A node is gone from the guest: no owner can hold locks on it any more.
+    /// Drop every lock file (at the guest's unmount): their OFD locks go with them.
+    pub(super) fn drop_all_locks(&self) -> usize {
+        self.locks.files.lock().map_or(0, |mut files| {
+            let n = files.len();
+            files.clear();
+            n
+        })
+    }
+
     pub(super) fn forget_locks(&self, inode: u64) {
         if let Ok(mut files) = self.locks.files.lock() {
             files.retain(|(ino, _), _| *ino != inode);

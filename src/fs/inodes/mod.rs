@@ -419,6 +419,27 @@ impl InodeStore {
         true
     }
 
+    /// Forget every inode but the root, whatever its lookup count: at unmount the guest
+    /// kernel drops its inodes without sending FORGETs (they are only sent while the
+    /// superblock is active), so without this the daemon would hold them, and the space of
+    /// files unlinked meanwhile, until it exits. Returns how many were dropped.
+    pub fn forget_all(&self) -> usize {
+        let ids: Vec<u64> = self
+            .tables
+            .read()
+            .map(|t| {
+                t.by_id
+                    .keys()
+                    .copied()
+                    .filter(|&id| id != ROOT_ID)
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.into_iter()
+            .filter(|&id| self.forget(id, u64::MAX))
+            .count()
+    }
+
     /// Every inode but the root, for a migration's state.
     pub fn entries(&self) -> Vec<Arc<InodeData>> {
         self.tables
