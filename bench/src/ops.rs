@@ -535,12 +535,24 @@ pub fn getxattr(nodeid: u64, name: &[u8], size: u32) -> Call<Vec<u8>> {
 
 /// FUSE_SETXATTR in the FUSE_SETXATTR_EXT layout (negotiated by default).
 pub fn setxattr(nodeid: u64, name: &[u8], value: &[u8], flags: u32) -> Call<()> {
+    setxattr_ext(nodeid, name, value, flags, 0)
+}
+
+/// FUSE_SETXATTR in the FUSE_SETXATTR_EXT layout with its `setxattr_flags` word
+/// (`FUSE_SETXATTR_ACL_KILL_SGID` = 1).
+pub fn setxattr_ext(
+    nodeid: u64,
+    name: &[u8],
+    value: &[u8],
+    flags: u32,
+    setxattr_flags: u32,
+) -> Call<()> {
     Call {
         req: FuseRequest::new(opcode::SETXATTR, nodeid)
             .arg(&SetxattrIn {
                 size: value.len() as u32,
                 flags,
-                setxattr_flags: 0,
+                setxattr_flags,
                 padding: 0,
             })
             .name(name)

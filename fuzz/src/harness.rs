@@ -118,6 +118,9 @@ fn config(a: u8, b: u8) -> Config {
         } else {
             FileHandles::Prefer
         },
+        killpriv_v2: b & 0x20 != 0,
+        announce_submounts: b & 0x40 != 0,
+        ..Config::default()
     }
 }
 

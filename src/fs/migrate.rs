@@ -441,6 +441,9 @@ impl Passthrough {
             fuse: FuseState {
                 writeback: self.writeback.load(Ordering::Relaxed),
                 posix_acl: self.acl_negotiated.load(Ordering::Relaxed),
+                submounts: self.submounts.load(Ordering::Relaxed),
+                killpriv_v2: self.killpriv_v2.load(Ordering::Relaxed),
+                setxattr_ext: self.setxattr_ext.load(Ordering::Relaxed),
             },
             root: root_id,
             next_inode: self.inodes.next_id(),
@@ -563,6 +566,12 @@ impl Passthrough {
             .store(state.fuse.writeback, Ordering::Relaxed);
         self.acl_negotiated
             .store(state.fuse.posix_acl, Ordering::Relaxed);
+        self.submounts
+            .store(state.fuse.submounts, Ordering::Relaxed);
+        self.killpriv_v2
+            .store(state.fuse.killpriv_v2, Ordering::Relaxed);
+        self.setxattr_ext
+            .store(state.fuse.setxattr_ext, Ordering::Relaxed);
         Ok(report)
     }
 

@@ -71,6 +71,9 @@ pub struct Passthrough {
     submounts: AtomicBool,
     /// Set by FUSE_INIT when --killpriv-v2 met a guest that leaves killing privileges to us.
     killpriv_v2: AtomicBool,
+    /// Set when FUSE_INIT negotiated FUSE_SETXATTR_EXT (the dispatcher patches it into the
+    /// reply): SETXATTR then carries the guest's ACL_KILL_SGID decision.
+    setxattr_ext: AtomicBool,
     counters: NoatimeCounters,
     /// Storage failures on the host, logged once per kind.
     faults: faults::HostFaults,
@@ -169,6 +172,7 @@ impl Passthrough {
             acl_negotiated: AtomicBool::new(false),
             submounts: AtomicBool::new(false),
             killpriv_v2: AtomicBool::new(false),
+            setxattr_ext: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
             faults: Default::default(),
             fd_limit: sys::nofile_limit(),

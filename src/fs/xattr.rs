@@ -6,6 +6,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 
 use fuse_backend_rs::abi::fuse_abi::Opcode;
 use fuse_backend_rs::api::filesystem::{Context, GetxattrReply, ListxattrReply};
@@ -101,6 +102,51 @@ impl Passthrough {
         let inode = self.inodes.get(inode)?;
         let name = self.host_name(name)?;
         set(inode.fd()?.as_fd(), &name, value, flags)
+    }
+
+    /// Whether to accept FUSE_SETXATTR_EXT from the guest: only ACLs need it.
+    pub fn wants_setxattr_ext(&self) -> bool {
+        self.cfg.posix_acl
+    }
+
+    /// What INIT settled about FUSE_SETXATTR_EXT (the dispatcher negotiates it).
+    pub fn set_setxattr_ext(&self, on: bool) {
+        self.setxattr_ext.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether SETXATTR requests carry the extended header.
+    pub fn setxattr_ext(&self) -> bool {
+        self.setxattr_ext.load(Ordering::Relaxed)
+    }
+
+    /// SETXATTR with the guest's FUSE_SETXATTR_ACL_KILL_SGID decision: the daemon sets the ACL
+    /// with CAP_FSETID, so the host keeps the setgid bit, and it is cleared here when the
+    /// guest says that its caller could not have kept it.
+    pub fn setxattr_killing_sgid(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+        kill_sgid: bool,
+    ) -> io::Result<()> {
+        self.setxattr(ctx, inode, name, value, flags)?;
+        if !kill_sgid {
+            return Ok(());
+        }
+        let inode = self.inodes.get(inode)?;
+        let fd = inode.fd()?;
+        let st = sys::stat_fd(fd.as_fd())?;
+        if st.st_mode & libc::S_ISGID != 0 {
+            let proc_name = sys::fd_name(fd.as_raw_fd());
+            sys::fchmodat(
+                self.proc_self_fd.as_fd(),
+                &proc_name,
+                st.st_mode & 0o7777 & !libc::S_ISGID,
+            )?;
+        }
+        Ok(())
     }
 
     pub(super) fn getxattr(

@@ -26,7 +26,7 @@ use std::fmt;
 /// start with.
 pub const MAGIC: [u8; 16] = *b"vufsd-devstate\0\0";
 /// Bumped whenever the body changes; a daemon reads only its own version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Where the source's shared directory was, to tell whether the destination serves the same one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,11 +77,48 @@ pub struct HandleRecord {
     pub noatime_allowed: bool,
 }
 
-/// What FUSE_INIT negotiated: the guest does not send INIT again after the switch.
+/// What FUSE_INIT negotiated: the guest does not send INIT again after the switch, and goes
+/// on relying on each of these (even on the shape of its requests: SETXATTR_EXT).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FuseState {
     pub writeback: bool,
     pub posix_acl: bool,
+    pub submounts: bool,
+    pub killpriv_v2: bool,
+    pub setxattr_ext: bool,
+}
+
+impl FuseState {
+    const BITS: [u64; 5] = [1, 2, 4, 8, 16];
+
+    fn to_bits(self) -> u64 {
+        [
+            self.writeback,
+            self.posix_acl,
+            self.submounts,
+            self.killpriv_v2,
+            self.setxattr_ext,
+        ]
+        .iter()
+        .zip(Self::BITS)
+        .filter(|(on, _)| **on)
+        .map(|(_, bit)| bit)
+        .sum()
+    }
+
+    fn from_bits(bits: u64) -> Option<Self> {
+        if bits & !Self::BITS.iter().sum::<u64>() != 0 {
+            return None;
+        }
+        let on = |i: usize| bits & Self::BITS[i] != 0;
+        Some(Self {
+            writeback: on(0),
+            posix_acl: on(1),
+            submounts: on(2),
+            killpriv_v2: on(3),
+            setxattr_ext: on(4),
+        })
+    }
 }
 
 /// Everything the destination needs to go on serving the guest.
@@ -265,8 +302,7 @@ impl State {
     /// The state as a stream.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Enc(Vec::with_capacity(64 + self.inodes.len() * 28));
-        b.bool(self.fuse.writeback);
-        b.bool(self.fuse.posix_acl);
+        b.var(self.fuse.to_bits());
         b.var(self.root.dev);
         b.var(self.root.ino);
         match &self.root.handle {
@@ -354,10 +390,9 @@ impl State {
             return Err(DecodeError::Checksum);
         }
         let mut d = Dec(body);
-        let fuse = FuseState {
-            writeback: d.bool()?,
-            posix_acl: d.bool()?,
-        };
+        let fuse = FuseState::from_bits(d.var()?).ok_or(DecodeError::Invalid(
+            "FUSE options this version does not know",
+        ))?;
         let root = RootIdentity {
             dev: d.var()?,
             ino: d.var()?,
@@ -440,7 +475,9 @@ mod tests {
         State {
             fuse: FuseState {
                 writeback: true,
-                posix_acl: false,
+                killpriv_v2: true,
+                setxattr_ext: true,
+                ..FuseState::default()
             },
             root: RootIdentity {
                 dev: 2049,
@@ -514,9 +551,9 @@ mod tests {
             State::decode(b"\x01\x00\x00\x00some other daemon's state"),
             Err(DecodeError::NotOurs)
         );
-        let mut v2 = good.clone();
-        v2[16] = 2;
-        assert_eq!(State::decode(&v2), Err(DecodeError::Version(2)));
+        let mut other = good.clone();
+        other[16] = 1;
+        assert_eq!(State::decode(&other), Err(DecodeError::Version(1)));
         let mut flipped = good.clone();
         let mid = good.len() / 2;
         flipped[mid] ^= 0x40;
@@ -571,8 +608,7 @@ mod tests {
     fn counts_and_lengths_cannot_ask_for_more_than_the_stream_holds() {
         // A body claiming 2^40 inodes after the fixed fields: refused, not allocated.
         let mut b = Enc(Vec::new());
-        b.bool(false);
-        b.bool(false);
+        b.var(0);
         b.var(1);
         b.var(2);
         b.bool(false);
@@ -586,5 +622,15 @@ mod tests {
         s.extend_from_slice(&body);
         s.extend_from_slice(&fnv1a(&body).to_le_bytes());
         assert_eq!(State::decode(&s), Err(DecodeError::Truncated));
+        // A FUSE option this version does not know is not silently dropped.
+        let mut b = Enc(Vec::new());
+        b.var(1 << 10);
+        let body = b.0;
+        let mut s = MAGIC.to_vec();
+        s.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        s.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        s.extend_from_slice(&body);
+        s.extend_from_slice(&fnv1a(&body).to_le_bytes());
+        assert!(matches!(State::decode(&s), Err(DecodeError::Invalid(_))));
     }
 }

@@ -10,6 +10,8 @@
 //! - serves a request only if its reply will fit: a filesystem operation whose reply cannot be
 //!   delivered (a node id, a handle, "the write happened") would leave the daemon holding what
 //!   the guest never learnt of, or the guest believing the opposite of what happened;
+//! - negotiates FUSE_SETXATTR_EXT and decodes SETXATTR in its longer form, which the Server
+//!   does not know (`setxattr_ext`);
 //! - guarantees a reply for every request that needs one: when the Server gives up on a
 //!   malformed request without answering, the guest still gets EINVAL, and a chain whose
 //!   buffers fuse-backend-rs cannot map (one spanning two guest memory regions) gets EIO,
@@ -29,10 +31,12 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use log::{debug, warn};
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use crate::fs::Passthrough;
 use crate::sys;
+
+mod setxattr_ext;
 
 /// Opcodes fuse-backend-rs 0.14 does not define.
 const FUSE_SYNCFS: u32 = 50;
@@ -269,7 +273,10 @@ impl Dispatcher {
         if let Some(errno) = refuse_before_server(opcode, &reader) {
             return u32::try_from(reply_error(writer, header.unique, errno)).unwrap_or(0);
         }
-        let written = if server_handles(opcode) {
+        let setxattr_ext = opcode == Opcode::Setxattr as u32 && self.fs.setxattr_ext();
+        let init_offers_ext =
+            opcode == Opcode::Init as u32 && setxattr_ext::init_offers_it(&reader);
+        let written = if server_handles(opcode) && !setxattr_ext {
             match self
                 .server
                 .handle_message(reader, writer.into(), None, None)
@@ -312,6 +319,7 @@ impl Dispatcher {
                     self.lock(&header, &mut peek, writer)
                 }
                 FUSE_TMPFILE => self.tmpfile(&header, &mut peek, writer),
+                x if x == Opcode::Setxattr as u32 => self.setxattr_ext(&header, &mut peek, writer),
                 x if x == Opcode::Destroy as u32 => {
                     self.fs.destroy();
                     reply_ok(writer, header.unique, &[])
@@ -325,7 +333,11 @@ impl Dispatcher {
                 }
             }
         };
-        u32::try_from(written).unwrap_or(0)
+        let used = u32::try_from(written).unwrap_or(0);
+        if opcode == Opcode::Init as u32 {
+            self.negotiate_setxattr_ext(mem, &chain, used, init_offers_ext);
+        }
+        used
     }
 
     /// Opcodes answered ENOSYS so far, with counts.
@@ -502,22 +514,9 @@ where
         unique,
     };
     let bytes = header.as_slice();
-    let mut parts: Vec<(GuestAddress, std::ops::Range<usize>)> = Vec::new();
-    let mut done = 0;
-    for desc in chain.clone().writable() {
-        if done == bytes.len() {
-            break;
-        }
-        let take = (desc.len() as usize).min(bytes.len() - done);
-        if !mem.check_range(desc.addr(), take) {
-            return 0;
-        }
-        parts.push((desc.addr(), done..done + take));
-        done += take;
-    }
-    if done < bytes.len() {
+    let Some(parts) = writable_at(mem, chain, 0, bytes.len()) else {
         return 0;
-    }
+    };
     for (addr, range) in parts {
         if let Err(e) = mem.write_slice(&bytes[range], addr) {
             warn!("cannot write an error reply into the guest's buffer: {e}");
@@ -525,6 +524,43 @@ where
         }
     }
     header.len
+}
+
+/// Where bytes `offset..offset + len` of the reply go in `chain`'s writable buffers: each
+/// piece's guest address and its range within those `len` bytes. None when the buffers are
+/// shorter or not guest memory.
+fn writable_at<M>(
+    mem: &M::Target,
+    chain: &DescriptorChain<M>,
+    offset: usize,
+    len: usize,
+) -> Option<Vec<(GuestAddress, std::ops::Range<usize>)>>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    let mut parts = Vec::new();
+    let mut skip = offset;
+    let mut done = 0;
+    for desc in chain.clone().writable() {
+        if done == len {
+            break;
+        }
+        let dlen = desc.len() as usize;
+        if skip >= dlen {
+            skip -= dlen;
+            continue;
+        }
+        let take = (dlen - skip).min(len - done);
+        let addr = desc.addr().checked_add(skip as u64)?;
+        if !mem.check_range(addr, take) {
+            return None;
+        }
+        parts.push((addr, done..done + take));
+        done += take;
+        skip = 0;
+    }
+    (done == len).then_some(parts)
 }
 
 fn reply_ok<S: vm_memory::bitmap::BitmapSlice>(
