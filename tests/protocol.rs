@@ -749,3 +749,64 @@ fn setxattr_ext_is_declined_without_acls() {
     let out = env.client.init().unwrap();
     assert_eq!(u64::from(out.flags) & init_flags::SETXATTR_EXT, 0);
 }
+
+/// An OFD lock's owner is the open file itself, and the guest kernel sends no unlock for it
+/// when that file is closed (its FLUSH names the process's file table, another owner): the
+/// daemon must drop it at RELEASE, or the next process to lock the file waits for ever
+/// (xfstests generic/478).
+#[test]
+fn an_ofd_lock_goes_with_the_file_that_held_it() {
+    use vufsd_bench::ops;
+    let env = start(&[]);
+    let c = &env.client;
+    let e = c.lookup(FUSE_ROOT_ID, "hello.txt").unwrap();
+    let first = c.open(e.nodeid, libc::O_RDWR).unwrap().fh;
+    // Owner 0xf11e: the file (an OFD lock); the FLUSH at close names 0xab1e (its files).
+    c.call(ops::setlk(
+        e.nodeid,
+        first,
+        0xf11e,
+        libc::F_WRLCK,
+        false,
+        false,
+    ))
+    .unwrap();
+    let second = c.open(e.nodeid, libc::O_RDWR).unwrap().fh;
+    let taken = c.call(ops::setlk(
+        e.nodeid,
+        second,
+        0x5ec0,
+        libc::F_WRLCK,
+        false,
+        false,
+    ));
+    assert_eq!(
+        taken.unwrap_err().errno(),
+        Some(libc::EAGAIN),
+        "the lock holds"
+    );
+    c.call(ops::flush(e.nodeid, first, 0xab1e)).unwrap();
+    c.release(e.nodeid, first).unwrap();
+    c.call(ops::setlk(
+        e.nodeid,
+        second,
+        0x5ec0,
+        libc::F_WRLCK,
+        false,
+        false,
+    ))
+    .unwrap_or_else(|err| panic!("still locked after the file was closed: {err}"));
+    // A POSIX owner's lock (taken through another handle) is not dropped by this RELEASE.
+    let third = c.open(e.nodeid, libc::O_RDWR).unwrap().fh;
+    c.release(e.nodeid, third).unwrap();
+    let fourth = c.open(e.nodeid, libc::O_RDWR).unwrap().fh;
+    let taken = c.call(ops::setlk(
+        e.nodeid,
+        fourth,
+        0x7777,
+        libc::F_WRLCK,
+        false,
+        false,
+    ));
+    assert_eq!(taken.unwrap_err().errno(), Some(libc::EAGAIN));
+}

@@ -29,7 +29,17 @@ const OFFSET_MAX: u64 = i64::MAX as u64;
 /// Open files holding the POSIX locks of each (node id, lock owner).
 #[derive(Default)]
 pub struct LockTable {
-    files: Mutex<HashMap<(u64, u64), Arc<OwnedFd>>>,
+    files: Mutex<HashMap<(u64, u64), LockFile>>,
+}
+
+/// One owner's host open file, and the guest handles it locked through.
+struct LockFile {
+    fd: Arc<OwnedFd>,
+    /// An OFD lock's owner is the guest's open file, and no unlock comes when that file is
+    /// closed (the FLUSH at close names the closing process's file table), so the lock file
+    /// goes when one of these handles is released. A POSIX owner has always flushed by then:
+    /// a RELEASE means every process closed the file, and each close flushes its own locks.
+    handles: Vec<u64>,
 }
 
 /// FUSE lock range (inclusive end, OFFSET_MAX for "to EOF") to a host flock64.
@@ -81,13 +91,21 @@ impl Passthrough {
     /// for them), and a lock file kept for a directory could outlive every handle: the root is
     /// never forgotten, so a guest naming a new owner in each SETLK on it would make the daemon
     /// hold one more fd each time, for good (found by the fuzz harness).
-    fn lock_file(&self, inode: &InodeData, h: &HandleData, owner: u64) -> io::Result<Arc<OwnedFd>> {
+    fn lock_file(
+        &self,
+        inode: &InodeData,
+        (handle, h): (u64, &HandleData),
+        owner: u64,
+    ) -> io::Result<Arc<OwnedFd>> {
         if !inode.is_reg() {
             return Err(err(libc::EINVAL));
         }
         let mut files = self.locks.files.lock().map_err(|_| err(libc::ENOLCK))?;
-        if let Some(f) = files.get(&(inode.id, owner)) {
-            return Ok(f.clone());
+        if let Some(f) = files.get_mut(&(inode.id, owner)) {
+            if !f.handles.contains(&handle) {
+                f.handles.push(handle);
+            }
+            return Ok(f.fd.clone());
         }
         // Read-write so that the owner can take both read and write locks on one description;
         // where the daemon may not write the file, the handle's own access mode will do. A
@@ -107,7 +125,13 @@ impl Passthrough {
             }
         };
         let fd = Arc::new(fd);
-        files.insert((inode.id, owner), fd.clone());
+        files.insert(
+            (inode.id, owner),
+            LockFile {
+                fd: fd.clone(),
+                handles: vec![handle],
+            },
+        );
         Ok(fd)
     }
 
@@ -121,7 +145,7 @@ impl Passthrough {
     ) -> io::Result<FileLock> {
         let h = self.handles.get(handle, inode)?;
         let inode = self.inodes.get(inode)?;
-        let f = self.lock_file(&inode, &h, owner)?;
+        let f = self.lock_file(&inode, (handle, &h), owner)?;
         let mut fl = to_flock(lock)?;
         sys::fcntl_lock(f.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
         Ok(from_flock(&fl))
@@ -148,7 +172,7 @@ impl Passthrough {
             return sys::flock(h.fd(), if wait { op } else { op | libc::LOCK_NB });
         }
         let inode = self.inodes.get(inode)?;
-        let f = self.lock_file(&inode, &h, owner)?;
+        let f = self.lock_file(&inode, (handle, &h), owner)?;
         let mut fl = to_flock(lock)?;
         let cmd = if wait {
             libc::F_OFD_SETLKW
@@ -170,6 +194,14 @@ impl Passthrough {
         }
     }
 
+    /// The guest released a handle: drop the lock files of the owners that locked through it
+    /// (see [`LockFile::handles`]).
+    pub(super) fn release_handle_locks(&self, inode: u64, handle: u64) {
+        if let Ok(mut files) = self.locks.files.lock() {
+            files.retain(|(ino, _), f| *ino != inode || !f.handles.contains(&handle));
+        }
+    }
+
     /// How many host open files hold a lock for the guest now: the POSIX lock owners' files and
     /// the handles with a flock(2) lock. Locks live on open files, which cannot move to another
     /// daemon, so a migration has to know (see `migrate`).
@@ -179,7 +211,7 @@ impl Passthrough {
         let posix = self.locks.files.lock().map_or(0, |files| {
             files
                 .values()
-                .filter(|f| holds(std::os::fd::AsRawFd::as_raw_fd(&***f)))
+                .filter(|f| holds(std::os::fd::AsRawFd::as_raw_fd(&*f.fd)))
                 .count()
         });
         let flock = self

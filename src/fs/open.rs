@@ -270,6 +270,9 @@ impl Passthrough {
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.handles.remove(handle, inode).map(drop)
+        let h = self.handles.remove(handle, inode)?;
+        self.release_handle_locks(inode, handle);
+        drop(h);
+        Ok(())
     }
 }
