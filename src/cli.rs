@@ -286,6 +286,19 @@ pub struct Opt {
     #[arg(long, value_name = "N")]
     pub rlimit_nofile: Option<u64>,
 
+    /// Run in a user namespace whose uids are mapped so (virtiofsd's syntax; repeatable, one
+    /// range each): namespace uids NS..NS+COUNT are host uids HOST..HOST+COUNT. vufsd is root
+    /// of that namespace, so a guest's uid 0 is host uid HOST; host ids outside the ranges show
+    /// as 65534 and are out of the daemon's reach. Needs --gid-map, namespace id 0 mapped, and
+    /// --sandbox=namespace. Root writes the maps itself; an unprivileged user needs newuidmap
+    /// (package uidmap) and the ranges in /etc/subuid. See docs/security.md
+    #[arg(long, value_name = ":NS:HOST:COUNT:")]
+    pub uid_map: Vec<crate::sandbox::userns::IdRange>,
+
+    /// As --uid-map, for gids (newgidmap and /etc/subgid when unprivileged)
+    #[arg(long, value_name = ":NS:HOST:COUNT:")]
+    pub gid_map: Vec<crate::sandbox::userns::IdRange>,
+
     /// Exit when the process that started vufsd exits, as on SIGTERM (clean up, exit 0). For a
     /// daemon started by a script that then execs QEMU (its parent is then QEMU): a VM that
     /// fails to start, or ends, leaves no daemon behind. A parent that is PID 1 (a service
@@ -346,9 +359,6 @@ pub struct Opt {
 
     #[command(flatten)]
     pub virtiofsd: crate::compat::VirtiofsdArgs,
-
-    #[command(flatten)]
-    pub pending: crate::compat::PendingArgs,
 }
 
 fn parse_modcaps(s: &str) -> Result<crate::sandbox::CapChanges, String> {
@@ -381,6 +391,10 @@ impl Opt {
             modcaps: self.modcaps.unwrap_or_default(),
             rlimit_nofile: self.rlimit_nofile,
             file_handles: self.file_handles() != crate::fs::FileHandles::Never,
+            id_maps: crate::sandbox::userns::NsIdMaps {
+                uid: self.uid_map.clone(),
+                gid: self.gid_map.clone(),
+            },
         }
     }
 

@@ -15,8 +15,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use clap::{Args, ValueEnum};
 
-use crate::sys;
-
 /// What `--print-capabilities` prints: the vhost-user backend description libvirt reads
 /// (QEMU's docs/interop/vhost-user.json). Only what vufsd really has: "separate-options" means
 /// it takes `--shared-dir`, `--cache`, ... as separate options (libvirt then stops using `-o`).
@@ -138,21 +136,6 @@ pub struct VirtiofsdArgs {
     pub allow_mmap: bool,
 }
 
-/// virtiofsd options that are being implemented in vufsd right now (id mapping). Until they
-/// land they are accepted here, and ignored or refused by [`review`].
-/// When the real option is merged, delete its field here and its rule in `review_pending`.
-#[derive(Clone, Debug, Default, Args)]
-pub struct PendingArgs {
-    /// User-namespace uid map (not implemented yet): refused when vufsd runs privileged, ignored
-    /// with a warning when it runs unprivileged (it then creates every file as its own user).
-    #[arg(long, value_name = "MAP")]
-    pub uid_map: Vec<String>,
-
-    /// User-namespace gid map (not implemented yet): as --uid-map.
-    #[arg(long, value_name = "MAP")]
-    pub gid_map: Vec<String>,
-}
-
 /// Rewrite every `-o LIST` (also `-oLIST`, `-o=LIST`) into the long options its items name.
 /// The first element is the program name and is kept. An item vufsd cannot honour is an error
 /// whose text is the one line to show the user; options it accepts without acting on them are
@@ -265,31 +248,10 @@ pub enum Notice {
     Refused(String),
 }
 
-/// Whether this process could act as other users (root, or capabilities that bypass file
-/// ownership): ignoring a requested uid/gid mapping is only safe when it cannot.
-pub fn can_act_as_others() -> bool {
-    const CAP_CHOWN: u32 = 0;
-    const CAP_DAC_OVERRIDE: u32 = 1;
-    const CAP_SETGID: u32 = 6;
-    const CAP_SETUID: u32 = 7;
-    let caps = sys::effective_caps().unwrap_or(u64::MAX);
-    let powerful = [
-        CAP_CHOWN,
-        CAP_DAC_OVERRIDE,
-        sys::CAP_FOWNER,
-        CAP_SETGID,
-        CAP_SETUID,
-    ]
-    .iter()
-    .any(|&c| caps & (1u64 << c) != 0);
-    sys::geteuid() == 0 || powerful
-}
-
 /// The verdict on every accepted-but-unimplemented option, in order of importance: refusals
 /// are what the caller must act on first.
-pub fn review(virtiofsd: &VirtiofsdArgs, pending: &PendingArgs, privileged: bool) -> Vec<Notice> {
+pub fn review(virtiofsd: &VirtiofsdArgs) -> Vec<Notice> {
     let mut notes = review_virtiofsd(virtiofsd);
-    notes.extend(review_pending(pending, privileged));
     notes.sort_by_key(|n| matches!(n, Notice::Ignored(_)));
     notes
 }
@@ -326,28 +288,6 @@ fn review_virtiofsd(v: &VirtiofsdArgs) -> Vec<Notice> {
             "--allow-mmap is ignored: with --cache=never or metadata the guest cannot mmap files"
                 .into(),
         ));
-    }
-    notes
-}
-
-fn review_pending(p: &PendingArgs, privileged: bool) -> Vec<Notice> {
-    use Notice::{Ignored, Refused};
-    let mut notes = Vec::new();
-    let maps = [("--uid-map", &p.uid_map), ("--gid-map", &p.gid_map)];
-    for (name, values) in maps.iter().filter(|(_, v)| !v.is_empty()) {
-        notes.push(if privileged {
-            Refused(format!(
-                "{name} is not implemented yet and vufsd runs privileged: without the mapping \
-                 the guest would create files as host users it must not reach; remove it and \
-                 run vufsd as an unprivileged user, or use upstream virtiofsd"
-            ))
-        } else {
-            Ignored(format!(
-                "{name} is ignored ({}): vufsd runs unprivileged and creates every file as its \
-                 own user; the guest sees host ids unmapped",
-                values.join(" ")
-            ))
-        });
     }
     notes
 }
@@ -453,8 +393,6 @@ mod tests {
     struct Compat {
         #[command(flatten)]
         virtiofsd: VirtiofsdArgs,
-        #[command(flatten)]
-        pending: PendingArgs,
         // Options of the real command line that these tests pass alongside.
         #[arg(long)]
         seccomp: Option<String>,
@@ -466,53 +404,40 @@ mod tests {
         rlimit_nofile: Option<u64>,
     }
 
-    fn notices(args: &[&str], privileged: bool) -> Vec<Notice> {
+    fn notices(args: &[&str]) -> Vec<Notice> {
         let mut v = vec!["vufsd"];
         v.extend_from_slice(args);
         let c = Compat::try_parse_from(v).unwrap();
-        review(&c.virtiofsd, &c.pending, privileged)
-    }
-
-    #[test]
-    fn id_maps_are_refused_only_when_privileged() {
-        let m = ["--uid-map=:0:1000:1:"];
-        assert!(matches!(notices(&m, true)[..], [Notice::Refused(_)]));
-        assert!(matches!(notices(&m, false)[..], [Notice::Ignored(_)]));
+        review(&c.virtiofsd)
     }
 
     #[test]
     fn sandbox_options_are_real_options_now() {
-        let n = notices(
-            &[
-                "--modcaps=+sys_admin:-chown",
-                "--seccomp=log",
-                "--rlimit-nofile=0",
-            ],
-            true,
-        );
+        let n = notices(&[
+            "--modcaps=+sys_admin:-chown",
+            "--seccomp=log",
+            "--rlimit-nofile=0",
+        ]);
         assert!(n.is_empty(), "{n:?}");
     }
 
     #[test]
     fn refusals_come_first() {
-        let n = notices(&["--allow-mmap", "--security-label"], false);
+        let n = notices(&["--allow-mmap", "--security-label"]);
         assert!(matches!(n[..], [Notice::Refused(_), Notice::Ignored(_)]));
     }
 
     #[test]
     fn the_defaults_spelled_out_need_no_notice() {
-        let n = notices(
-            &[
-                "--inode-file-handles=never",
-                "--no-announce-submounts",
-                "--no-killpriv-v2",
-                "--seccomp=kill",
-                "--sandbox=namespace",
-                "--security-label=never",
-                "-f",
-            ],
-            true,
-        );
+        let n = notices(&[
+            "--inode-file-handles=never",
+            "--no-announce-submounts",
+            "--no-killpriv-v2",
+            "--seccomp=kill",
+            "--sandbox=namespace",
+            "--security-label=never",
+            "-f",
+        ]);
         assert!(n.is_empty(), "{n:?}");
     }
 }

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         opt.log_level
     };
     vufsd::logger::init(level);
-    let notices = compat::review(&opt.virtiofsd, &opt.pending, compat::can_act_as_others());
+    let notices = compat::review(&opt.virtiofsd);
     if let Some(Notice::Refused(why)) = notices.first() {
         return refuse(why);
     }

@@ -129,7 +129,7 @@ const CASES: &[Case] = &[
             "--uid-map=:1:100000:65536:",
             "--gid-map=:0:1000:1:",
         ],
-        Refuse(&["--uid-map", "runs privileged"]),
+        Accept(&[]),
     ),
     Case {
         source: "libvirt session mode (uid/gid maps), vufsd unprivileged",
@@ -141,8 +141,28 @@ const CASES: &[Case] = &[
             "--gid-map=:0:65534:1:",
         ],
         unprivileged: true,
-        expect: Accept(&["--uid-map is ignored", "--gid-map is ignored"]),
+        expect: Accept(&[]),
     },
+    case(
+        "uid map without a gid map",
+        &[
+            "--socket-path={sock}",
+            "--shared-dir={share}",
+            "--uid-map=:0:100000:65536:",
+        ],
+        Refuse(&["--gid-map is missing"]),
+    ),
+    case(
+        "uid/gid maps with --sandbox none",
+        &[
+            "--socket-path={sock}",
+            "--shared-dir={share}",
+            "--sandbox=none",
+            "--uid-map=:0:100000:65536:",
+            "--gid-map=:0:100000:65536:",
+        ],
+        Refuse(&["need --sandbox=namespace"]),
+    ),
     // --- microvm.nix ------------------------------------------------------------------------
     case(
         "microvm.nix, root, posixAcl, inodeFileHandles=prefer, readOnly",

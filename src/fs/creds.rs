@@ -14,17 +14,27 @@ pub struct AsCaller {
 }
 
 impl AsCaller {
-    /// Switch to (`uid`, `gid`) if `can_switch` and they differ from root's.
-    pub fn new(can_switch: bool, uid: u32, gid: u32) -> Self {
+    /// Switch to (`uid`, `gid`) if `can_switch` and they differ from root's. setfsuid(2)
+    /// does not fail, it just keeps the old id: in a user namespace (`--uid-map`) an id with no
+    /// mapping cannot be taken, and creating the file as the daemon instead would give it the
+    /// wrong owner. So the switch is read back (a second call returns the id now in force), and
+    /// an id that did not take is EOVERFLOW, what a local filesystem answers a caller whose
+    /// ids have no mapping.
+    pub fn new(can_switch: bool, uid: u32, gid: u32) -> std::io::Result<Self> {
         if !can_switch || (uid == 0 && gid == 0) {
-            return Self { restore: None };
+            return Ok(Self { restore: None });
         }
         // Group first: once the fsuid is no longer 0 we could not change the fsgid any more.
         let old_gid = sys::set_thread_fsgid(gid);
         let old_uid = sys::set_thread_fsuid(uid);
-        Self {
+        let switched = Self {
             restore: Some((old_uid, old_gid)),
+        };
+        if sys::set_thread_fsgid(gid) != gid || sys::set_thread_fsuid(uid) != uid {
+            // Dropping `switched` puts the old ids back.
+            return Err(std::io::Error::from_raw_os_error(libc::EOVERFLOW));
         }
+        Ok(switched)
     }
 }
 

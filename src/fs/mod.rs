@@ -286,7 +286,7 @@ impl Passthrough {
             .gid_map
             .to_host(ctx.gid)
             .ok_or_else(|| err(libc::EPERM))?;
-        Ok(AsCaller::new(self.can_switch_creds, uid, gid))
+        AsCaller::new(self.can_switch_creds, uid, gid)
     }
 
     /// Attributes as the guest sees them: owners translated from host ids.

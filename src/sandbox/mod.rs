@@ -18,6 +18,7 @@ pub mod namespace;
 pub mod rlimit;
 pub mod seccomp;
 mod sys;
+pub mod userns;
 
 use std::fmt;
 use std::io;
@@ -49,7 +50,7 @@ impl fmt::Display for Mode {
 }
 
 /// Everything the sandbox takes from the command line.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub mode: Mode,
     /// None: no seccomp filter (`--seccomp=none`).
@@ -60,6 +61,8 @@ pub struct Config {
     /// Keep CAP_DAC_READ_SEARCH for opening file handles (`--inode-file-handles=prefer` or
     /// `mandatory`; not by default).
     pub file_handles: bool,
+    /// `--uid-map` / `--gid-map`: the user namespace to run in (namespace mode only).
+    pub id_maps: userns::NsIdMaps,
 }
 
 /// Where the filesystem finds its root and `/proc/self/fd` once the sandbox is entered.
@@ -91,6 +94,8 @@ pub enum SandboxError {
     Rlimit(String),
     Seccomp(String),
     Supervise(io::Error),
+    /// `--uid-map` / `--gid-map` that cannot be used, or could not be set up.
+    IdMap(String),
 }
 
 impl fmt::Display for SandboxError {
@@ -142,6 +147,7 @@ impl fmt::Display for SandboxError {
             SandboxError::Supervise(err) => {
                 write!(f, "lost track of the sandboxed daemon: {err}")
             }
+            SandboxError::IdMap(msg) => write!(f, "cannot set up --uid-map/--gid-map: {msg}"),
         }
     }
 }
@@ -166,6 +172,23 @@ pub fn check(cfg: &Config) -> Result<(), SandboxError> {
     if cfg.mode == Mode::Chroot && !is_root() {
         return Err(SandboxError::ChrootNeedsRoot);
     }
+    if cfg.id_maps.is_set() {
+        cfg.id_maps.validate().map_err(SandboxError::IdMap)?;
+        if cfg.mode != Mode::Namespace {
+            return Err(SandboxError::IdMap(format!(
+                "they need --sandbox=namespace (the default), not --sandbox={}: the maps \
+                 belong to the daemon's user namespace",
+                cfg.mode
+            )));
+        }
+        if cfg.file_handles {
+            return Err(SandboxError::IdMap(
+                "--inode-file-handles=prefer or mandatory cannot be used with them: \
+                 open_by_handle_at needs CAP_DAC_READ_SEARCH outside any user namespace"
+                    .into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -180,6 +203,7 @@ pub fn keeps_dac_read_search(cfg: &Config) -> bool {
         CapSet::PASSTHROUGH
     };
     is_root()
+        && !cfg.id_maps.is_set()
         && cfg.modcaps.apply(base).contains(caps::CAP_DAC_READ_SEARCH)
         && sys::capget().is_ok_and(|c| CapSet(c.permitted).contains(caps::CAP_DAC_READ_SEARCH))
 }
@@ -211,7 +235,7 @@ pub fn enter(cfg: &Config, shared_dir: &Path) -> Result<Entered, SandboxError> {
     let jail = match cfg.mode {
         Mode::Namespace => {
             crate::sys::block_signals(&[libc::SIGCHLD]).map_err(SandboxError::Supervise)?;
-            match namespace::enter(shared_dir, as_root)? {
+            match namespace::enter(shared_dir, as_root, &cfg.id_maps)? {
                 Entered::Supervisor(sup) => {
                     // The supervisor needs no privilege to wait and forward signals.
                     caps::restrict_to(CapSet::EMPTY).map_err(SandboxError::Caps)?;
@@ -245,7 +269,9 @@ pub fn enter(cfg: &Config, shared_dir: &Path) -> Result<Entered, SandboxError> {
     // Root keeps what passthrough needs. In a user namespace of our own, capabilities would
     // only cover files of the daemon's own user, which it owns anyway: keep none by default,
     // so the daemon behaves exactly as with --sandbox=none.
-    let base = match (as_root, cfg.file_handles) {
+    // With --uid-map the daemon is root of its user namespace: passthrough's capabilities
+    // there cover the mapped ids only.
+    let base = match (as_root || cfg.id_maps.is_set(), cfg.file_handles) {
         (true, true) => CapSet::PASSTHROUGH_WITH_HANDLES,
         (true, false) => CapSet::PASSTHROUGH,
         (false, _) => CapSet::EMPTY,

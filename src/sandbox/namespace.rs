@@ -132,14 +132,21 @@ fn step(what: &'static str, unprivileged: bool) -> impl Fn(io::Error) -> Sandbox
 
 /// Create the namespaces and fork. `shared_dir` becomes the child's root. The caller must be
 /// single-threaded and have SIGCHLD and [`FORWARDED`] blocked.
-pub fn enter(shared_dir: &Path, as_root: bool) -> Result<Entered, SandboxError> {
-    let unprivileged = !as_root;
+pub fn enter(
+    shared_dir: &Path,
+    as_root: bool,
+    id_maps: &super::userns::NsIdMaps,
+) -> Result<Entered, SandboxError> {
+    // In a user namespace of our own: mounts follow its rules.
+    let unprivileged = !as_root || id_maps.is_set();
     // Resolved now: after the mount namespace changes, relative paths and symlinks would be
     // resolved against a different tree.
     let shared_dir = shared_dir
         .canonicalize()
         .map_err(|e| SandboxError::Process("resolve --shared-dir", e))?;
-    if unprivileged {
+    if id_maps.is_set() {
+        super::userns::enter(id_maps)?;
+    } else if unprivileged {
         // Read before unsharing: until the map is written, they read as the overflow id.
         let ids = (crate::sys::geteuid(), sys::getegid());
         sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID)

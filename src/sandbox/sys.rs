@@ -170,6 +170,48 @@ pub fn try_wait(pid: libc::pid_t) -> io::Result<Option<ChildExit>> {
     }
 }
 
+/// `waitpid(pid, 0)`, through EINTR: how the child ended (it is reaped).
+pub fn wait(pid: libc::pid_t) -> io::Result<ChildExit> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid int for waitpid to fill.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if libc::WIFEXITED(status) {
+            return Ok(ChildExit::Code(libc::WEXITSTATUS(status)));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(ChildExit::Signal(libc::WTERMSIG(status)));
+        }
+    }
+}
+
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() }
+}
+
+/// End a forked helper now: no destructor or exit handler of the parent's state runs twice.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Real, effective and saved uid and gid (gid first: once the uid is not 0 any more, the gid
+/// could not change). Single-threaded callers only: the raw calls change this thread alone.
+pub fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls on integers.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } as libc::c_int)?;
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } as libc::c_int).map(drop)
+}
+
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall; sends a signal to our own child.
     check(unsafe { libc::kill(pid, sig) }).map(drop)
