@@ -271,7 +271,8 @@ impl FsDevice {
             let waiting = self.blocking.load(Ordering::Acquire);
             if waiting > 0 {
                 return Err(io::Error::other(format!(
-                    "{waiting} guest request(s) are waiting for a lock; a waiting request cannot                      move to another daemon: migration refused, the source VM goes on"
+                    "{waiting} guest request(s) are waiting for a lock; a waiting request cannot \
+                     move to another daemon: migration refused, the source VM goes on"
                 )));
             }
             if self.in_pool.load(Ordering::Acquire) == 0 {

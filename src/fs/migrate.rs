@@ -495,6 +495,13 @@ impl Passthrough {
             dirs: HashMap::new(),
             handles_refused: false,
         };
+        // Grow the fd table once, to what the state needs: left to grow by doubling as the
+        // inodes are opened, a multi-threaded process waits for an RCU grace period at each
+        // doubling (milliseconds each, most of a small state's downtime: 1,000 inodes took
+        // 41 ms to restore, 11 ms of it CPU).
+        let needed = state.inodes.len() + state.handles.len() + 64;
+        let budget = self.inodes.fd_budget() + state.handles.len() + 64;
+        sys::reserve_fds(self.proc_self_fd.as_fd(), needed.min(budget), self.fd_limit);
         let mut inodes = state.inodes;
         // Parents before children; inodes without a path last.
         inodes.sort_by_key(|r| {

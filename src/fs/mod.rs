@@ -158,6 +158,12 @@ impl Passthrough {
         );
         let root_dir = sys::openat(cwd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         let inodes = InodeStore::new(cwd, &root_st, hold);
+        // Room for the first few thousand fds now, while the daemon is single-threaded: once
+        // it has threads, every doubling of the fd table waits for an RCU grace period (a few
+        // milliseconds each: a guest's first walk, a migration's restore). 32 KiB of kernel
+        // memory.
+        let fd_limit = sys::nofile_limit();
+        sys::reserve_fds(proc_self_fd.as_fd(), 4096, fd_limit);
         if hold.handles {
             inodes.add_mount(root_dir)?;
         }
@@ -175,7 +181,7 @@ impl Passthrough {
             setxattr_ext: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
             faults: Default::default(),
-            fd_limit: sys::nofile_limit(),
+            fd_limit,
             migration_prep: Default::default(),
             locks: locks::LockTable::default(),
             unsupported: Default::default(),

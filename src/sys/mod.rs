@@ -406,6 +406,26 @@ pub fn set_thread_fsgid(gid: u32) -> u32 {
     unsafe { libc::syscall(libc::SYS_setfsgid, gid) as u32 }
 }
 
+/// Make the fd table hold at least `count` fds now (below `limit`, RLIMIT_NOFILE), so that
+/// opening that many does not grow it step by step: each growth of a shared table waits for an
+/// RCU grace period. Best effort: the table is grown by placing a duplicate at the highest
+/// number wanted and closing it (tables never shrink).
+pub fn reserve_fds(any: BorrowedFd<'_>, count: usize, limit: u64) {
+    let top = (count as u64).min(limit.saturating_sub(1));
+    let Ok(top) = libc::c_int::try_from(top) else {
+        return;
+    };
+    if top < 256 {
+        return;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd (or fails) into a new fd we own.
+    let fd = unsafe { libc::fcntl(any.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just created and is closed once.
+        unsafe { libc::close(fd) };
+    }
+}
+
 pub fn geteuid() -> u32 {
     // SAFETY: always succeeds.
     unsafe { libc::geteuid() }
