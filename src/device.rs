@@ -461,6 +461,11 @@ impl VhostUserBackend for FsDevice {
         } else {
             self.process_queue(vring, queue)?;
         }
+        if queue == 0 {
+            // The high-priority queue carries the FORGETs: once it is empty, what they freed
+            // can go back to the system.
+            self.dispatcher.fs().settle_memory();
+        }
         Ok(())
     }
 }

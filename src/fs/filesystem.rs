@@ -81,6 +81,7 @@ impl FileSystem for Passthrough {
         let locks = self.drop_all_locks();
         let handles = self.handles.clear();
         let inodes = self.inodes.forget_all();
+        self.inodes.settle_memory();
         info!(
             "guest unmounted the share (FUSE_DESTROY): dropped {inodes} inodes, {handles} open \
              handles and {locks} lock files it still held"

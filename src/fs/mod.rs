@@ -261,6 +261,11 @@ impl Passthrough {
     }
 
     /// Inodes and handles currently held, for diagnostics.
+    /// Give back the memory of what the guest forgot, once its FORGETs stopped coming.
+    pub fn settle_memory(&self) {
+        self.inodes.settle_memory();
+    }
+
     pub fn table_sizes(&self) -> (usize, usize) {
         (self.inodes.len(), self.handles.len())
     }

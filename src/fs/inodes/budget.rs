@@ -67,15 +67,31 @@ impl FdBudget {
             queue.push_back(inode);
             // Stale entries are dropped when they come to the front; when nothing is evicted
             // (under budget), sweep them now and then.
-            if queue.len() > 2 * self.held() + 1024 {
-                queue.retain(|w| w.upgrade().is_some_and(|i| i.has_fd()));
-            }
+            self.sweep_if_stale(&mut queue);
         }
     }
 
-    /// An inode gave its fd back.
+    /// An inode gave its fd back (evicted, or forgotten by the guest).
     pub fn gave_back(&self) {
         self.held.fetch_sub(1, Ordering::Relaxed);
+        // A guest that forgets a big tree leaves the queue full of entries for inodes that are
+        // gone, and a Weak keeps its inode's allocation: 100,000 files created and deleted kept
+        // 19 MB until the next sweep, which only new inodes would have started.
+        if let Ok(mut queue) = self.queue.try_lock() {
+            self.sweep_if_stale(&mut queue);
+        }
+    }
+
+    /// Drop the queue's entries for inodes without an fd once they are most of it (so that the
+    /// sweeps cost O(1) per fd given or taken).
+    fn sweep_if_stale(&self, queue: &mut VecDeque<Weak<InodeData>>) {
+        if queue.len() <= 2 * self.held() + 1024 {
+            return;
+        }
+        queue.retain(|w| w.upgrade().is_some_and(|i| i.has_fd()));
+        if queue.capacity() > 2 * queue.len() + 1024 {
+            queue.shrink_to(queue.len() + queue.len() / 2 + 1024);
+        }
     }
 
     /// Evict inodes until the table is within its budget, or enough were looked at.
