@@ -176,14 +176,14 @@ impl FsDevice {
         let mut unsignalled = 0usize;
         for chain in chains {
             let head = chain.head_index();
-            let opcode = Dispatcher::peek_header(&*mem, &chain).map(|h| h.opcode);
-            if opcode.is_some_and(crate::protocol::may_block) {
-                self.run_blocking(&atomic, vring, chain, event_idx, queue);
+            let header = Dispatcher::peek_header(&*mem, &chain);
+            if header.is_some_and(|h| crate::protocol::may_block(h.opcode)) {
+                self.run_blocking(&atomic, vring, chain, header, event_idx, queue);
                 continue;
             }
             match &self.pool {
                 None => {
-                    let len = self.dispatcher.serve(&*mem, chain, queue);
+                    let len = self.dispatcher.serve(&*mem, chain, header, queue);
                     let mut state = vring.get_mut();
                     if let Err(e) = state.add_used(head, len) {
                         warn!("cannot return a descriptor to the used ring: {e}");
@@ -204,7 +204,7 @@ impl FsDevice {
                     pool.execute(move || {
                         let mem = atomic.memory();
                         let chain = chain;
-                        let len = dispatcher.serve(&*mem, chain, queue);
+                        let len = dispatcher.serve(&*mem, chain, header, queue);
                         Self::complete(&mut vring.get_mut(), head, len, event_idx);
                         in_pool.fetch_sub(1, Ordering::AcqRel);
                     });
@@ -226,6 +226,7 @@ impl FsDevice {
         atomic: &Memory,
         vring: &Vring,
         chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestRam>>,
+        header: Option<fuse_backend_rs::abi::fuse_abi::InHeader>,
         event_idx: bool,
         queue: u16,
     ) {
@@ -247,7 +248,7 @@ impl FsDevice {
             .name("vufsd-wait".into())
             .spawn(move || {
                 let mem = atomic2.memory();
-                let len = dispatcher.serve(&*mem, chain, queue);
+                let len = dispatcher.serve(&*mem, chain, header, queue);
                 Self::complete(&mut vring2.get_mut(), head, len, event_idx);
                 blocking.fetch_sub(1, Ordering::AcqRel);
             });

@@ -18,6 +18,16 @@ use fuse_backend_rs::api::filesystem::{
 use log::info;
 
 use super::{err, Passthrough};
+use crate::protocol::note_error;
+
+/// `r`, its error noted for the statistics (`protocol::errno`): the dispatcher then need not
+/// read the reply back from guest memory to count it.
+fn noted<T>(r: io::Result<T>) -> io::Result<T> {
+    if let Err(e) = &r {
+        note_error(e);
+    }
+    r
+}
 
 impl FileSystem for Passthrough {
     type Inode = u64;
@@ -89,7 +99,7 @@ impl FileSystem for Passthrough {
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        self.lookup(ctx, parent, name)
+        noted(self.lookup(ctx, parent, name))
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
@@ -106,7 +116,7 @@ impl FileSystem for Passthrough {
         inode: u64,
         handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
-        self.getattr(ctx, inode, handle)
+        noted(self.getattr(ctx, inode, handle))
     }
 
     fn setattr(
@@ -117,11 +127,11 @@ impl FileSystem for Passthrough {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        self.setattr(ctx, inode, attr, handle, valid)
+        noted(self.setattr(ctx, inode, attr, handle, valid))
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        self.readlink(ctx, inode)
+        noted(self.readlink(ctx, inode))
     }
 
     fn symlink(
@@ -131,7 +141,7 @@ impl FileSystem for Passthrough {
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.symlink(ctx, linkname, parent, name)
+        noted(self.symlink(ctx, linkname, parent, name))
     }
 
     fn mknod(
@@ -143,7 +153,7 @@ impl FileSystem for Passthrough {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.mknod(ctx, parent, name, mode, rdev, umask)
+        noted(self.mknod(ctx, parent, name, mode, rdev, umask))
     }
 
     fn mkdir(
@@ -154,15 +164,15 @@ impl FileSystem for Passthrough {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.mkdir(ctx, parent, name, mode, umask)
+        noted(self.mkdir(ctx, parent, name, mode, umask))
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.unlink(ctx, parent, name)
+        noted(self.unlink(ctx, parent, name))
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.rmdir(ctx, parent, name)
+        noted(self.rmdir(ctx, parent, name))
     }
 
     fn rename(
@@ -174,11 +184,11 @@ impl FileSystem for Passthrough {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        self.rename(ctx, olddir, oldname, newdir, newname, flags)
+        noted(self.rename(ctx, olddir, oldname, newdir, newname, flags))
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
-        self.link(ctx, inode, newparent, newname)
+        noted(self.link(ctx, inode, newparent, newname))
     }
 
     fn open(
@@ -188,7 +198,7 @@ impl FileSystem for Passthrough {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        self.open(ctx, inode, flags, fuse_flags)
+        noted(self.open(ctx, inode, flags, fuse_flags))
     }
 
     fn create(
@@ -198,7 +208,7 @@ impl FileSystem for Passthrough {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        self.create(ctx, parent, name, args)
+        noted(self.create(ctx, parent, name, args))
     }
 
     fn read(
@@ -212,7 +222,7 @@ impl FileSystem for Passthrough {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        noted(self.read(ctx, inode, handle, w, size, offset, lock_owner, flags))
     }
 
     fn write(
@@ -228,7 +238,7 @@ impl FileSystem for Passthrough {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.write(
+        noted(self.write(
             ctx,
             inode,
             handle,
@@ -239,15 +249,15 @@ impl FileSystem for Passthrough {
             delayed_write,
             flags,
             fuse_flags,
-        )
+        ))
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
-        self.flush(ctx, inode, handle, lock_owner)
+        noted(self.flush(ctx, inode, handle, lock_owner))
     }
 
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        self.fsync(ctx, inode, datasync, handle)
+        noted(self.fsync(ctx, inode, datasync, handle))
     }
 
     fn fallocate(
@@ -259,7 +269,7 @@ impl FileSystem for Passthrough {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.fallocate(ctx, inode, handle, mode, offset, length)
+        noted(self.fallocate(ctx, inode, handle, mode, offset, length))
     }
 
     fn release(
@@ -272,11 +282,11 @@ impl FileSystem for Passthrough {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        noted(self.release(ctx, inode, flags, handle, flush, flock_release, lock_owner))
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
-        self.statfs(ctx, inode)
+        noted(self.statfs(ctx, inode))
     }
 
     fn setxattr(
@@ -287,7 +297,7 @@ impl FileSystem for Passthrough {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        self.setxattr(ctx, inode, name, value, flags)
+        noted(self.setxattr(ctx, inode, name, value, flags))
     }
 
     fn getxattr(
@@ -297,15 +307,15 @@ impl FileSystem for Passthrough {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.getxattr(ctx, inode, name, size)
+        noted(self.getxattr(ctx, inode, name, size))
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        self.listxattr(ctx, inode, size)
+        noted(self.listxattr(ctx, inode, size))
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        self.removexattr(ctx, inode, name)
+        noted(self.removexattr(ctx, inode, name))
     }
 
     fn opendir(
@@ -314,7 +324,7 @@ impl FileSystem for Passthrough {
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.opendir(ctx, inode, flags)
+        noted(self.opendir(ctx, inode, flags))
     }
 
     fn readdir(
@@ -326,7 +336,7 @@ impl FileSystem for Passthrough {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.readdir(ctx, inode, handle, size, offset, add_entry)
+        noted(self.readdir(ctx, inode, handle, size, offset, add_entry))
     }
 
     fn readdirplus(
@@ -338,19 +348,19 @@ impl FileSystem for Passthrough {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.readdirplus(ctx, inode, handle, size, offset, add_entry)
+        noted(self.readdirplus(ctx, inode, handle, size, offset, add_entry))
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        self.fsyncdir(ctx, inode, datasync, handle)
+        noted(self.fsyncdir(ctx, inode, datasync, handle))
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        self.releasedir(ctx, inode, flags, handle)
+        noted(self.releasedir(ctx, inode, flags, handle))
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
-        self.access(ctx, inode, mask)
+        noted(self.access(ctx, inode, mask))
     }
 
     fn bmap(&self, _ctx: &Context, _inode: u64, _block: u64, _blocksize: u32) -> io::Result<u64> {
@@ -381,6 +391,6 @@ impl FileSystem for Passthrough {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        self.lseek(ctx, inode, handle, offset, whence)
+        noted(self.lseek(ctx, inode, handle, offset, whence))
     }
 }

@@ -1,12 +1,12 @@
 //! Open files and directories, keyed by the FUSE file handle we return from open/opendir.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::dir::DirStream;
+use super::idhash::IdMap;
 use super::inodes::InodeData;
 
 /// Keeps the handle's inode holding its fd while the handle is open (see `inodes::budget`).
@@ -61,7 +61,7 @@ impl HandleData {
 }
 
 pub struct HandleStore {
-    map: RwLock<HashMap<u64, Arc<HandleData>>>,
+    map: RwLock<IdMap<u64, Arc<HandleData>>>,
     next: AtomicU64,
 }
 
@@ -72,7 +72,7 @@ fn ebadf() -> io::Error {
 impl Default for HandleStore {
     fn default() -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(IdMap::default()),
             // 0 means "no handle" in FUSE replies.
             next: AtomicU64::new(1),
         }

@@ -10,7 +10,6 @@
 //! flock(2) locks belong to an open file, which is exactly a FUSE handle: they are applied to
 //! the handle's own host fd.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -19,6 +18,7 @@ use fuse_backend_rs::abi::fuse_abi::FileLock;
 use log::debug;
 
 use super::handles::HandleData;
+use super::idhash::IdMap;
 use super::inodes::InodeData;
 use super::{err, Passthrough};
 use crate::sys;
@@ -29,7 +29,7 @@ const OFFSET_MAX: u64 = i64::MAX as u64;
 /// Open files holding the POSIX locks of each (node id, lock owner).
 #[derive(Default)]
 pub struct LockTable {
-    files: Mutex<HashMap<(u64, u64), LockFile>>,
+    files: Mutex<IdMap<(u64, u64), LockFile>>,
 }
 
 /// One owner's host open file, and the guest handles it locked through.

@@ -25,6 +25,7 @@ mod faults;
 mod file_io;
 mod filesystem;
 mod handles;
+mod idhash;
 pub mod idmap;
 pub mod inodes;
 mod locks;

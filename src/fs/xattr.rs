@@ -23,9 +23,8 @@ pub fn get(fd: BorrowedFd<'_>, name: &CStr, size: u32) -> io::Result<GetxattrRep
         let n = sys::getxattr(&path, name, &mut [])?;
         return Ok(GetxattrReply::Count(n as u32));
     }
-    let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-    let n = sys::getxattr(&path, name, &mut buf)?;
-    buf.truncate(n);
+    let mut buf = Vec::new();
+    sys::getxattr_into(&path, name, &mut buf, (size as usize).min(XATTR_MAX))?;
     Ok(GetxattrReply::Value(buf))
 }
 

@@ -36,7 +36,11 @@ use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory};
 use crate::fs::Passthrough;
 use crate::sys;
 
+mod errno;
 mod setxattr_ext;
+
+pub use errno::note_error;
+use errno::reply_errno;
 
 /// Opcodes fuse-backend-rs 0.14 does not define.
 const FUSE_SYNCFS: u32 = 50;
@@ -142,14 +146,31 @@ impl Dispatcher {
 
     /// [`handle_chain`](Self::handle_chain) for a chain taken off queue `queue`, recorded in
     /// the trace when there is one.
-    pub fn serve<M>(&self, mem: &M::Target, chain: DescriptorChain<M>, queue: u16) -> u32
+    ///
+    /// `header` is the chain's FUSE header as [`peek_header`](Self::peek_header) read it (the
+    /// caller needed it first, to decide where to serve the request): reading it once is one
+    /// walk of the descriptor table fewer per request.
+    pub fn serve<M>(
+        &self,
+        mem: &M::Target,
+        chain: DescriptorChain<M>,
+        header: Option<InHeader>,
+        queue: u16,
+    ) -> u32
     where
         M: Deref + Clone,
         M::Target: GuestMemory + Sized,
     {
         let t0 = self.stats.begin();
+        errno::forget_noted();
         let pending = self.tracer.as_ref().map(|t| t.begin(mem, &chain, queue));
-        let (used, header) = self.handle(mem, chain.clone());
+        let used = match header {
+            Some(h) => self.serve_request(mem, chain.clone(), h),
+            None => {
+                warn!("dropping a request without a readable FUSE header");
+                0
+            }
+        };
         if let (Some(t), Some(p)) = (&self.tracer, pending) {
             t.end(p, mem, &chain, used);
         }
@@ -620,25 +641,6 @@ fn reply_error<S: vm_memory::bitmap::BitmapSlice>(
             0
         }
     }
-}
-
-/// The errno of the reply written into `chain` (`used` bytes): 0 for success or no reply.
-fn reply_errno<M>(mem: &M::Target, chain: &DescriptorChain<M>, used: u32) -> i32
-where
-    M: Deref + Clone,
-    M::Target: GuestMemory + Sized,
-{
-    if (used as usize) < size_of::<OutHeader>() {
-        return 0;
-    }
-    let Some(first) = chain.clone().writable().next() else {
-        return 0;
-    };
-    if (first.len() as usize) < size_of::<OutHeader>() {
-        return 0;
-    }
-    mem.read_obj::<OutHeader>(first.addr())
-        .map_or(0, |h| h.error.saturating_neg())
 }
 
 #[cfg(test)]

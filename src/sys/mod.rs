@@ -367,6 +367,28 @@ pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
+/// `getxattr(2)` into `buf`'s spare capacity, which becomes part of `buf`: nothing is zeroed
+/// first, since most such calls fail (ENODATA: `ls -l` asks every file for its ACL and
+/// security label) or fill a few bytes of a buffer the guest sized for the largest value. At
+/// most `max` bytes are read (the capacity may be larger): a longer value is ERANGE.
+pub fn getxattr_into(path: &CStr, name: &CStr, buf: &mut Vec<u8>, max: usize) -> io::Result<()> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let room = &mut spare[..max];
+    // SAFETY: the kernel writes at most `room.len()` bytes, into memory `buf` owns.
+    let n = check_size(unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            room.as_mut_ptr().cast(),
+            room.len(),
+        )
+    })?;
+    // SAFETY: the kernel initialised the first `n` (at most `room.len()`) spare bytes.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(())
+}
+
 pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     // SAFETY: `value` is readable for its length; strings are NUL-terminated.
     check(unsafe {

@@ -28,7 +28,6 @@ mod identity;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
@@ -38,6 +37,7 @@ use std::sync::{Arc, RwLock};
 
 use log::debug;
 
+use super::idhash::IdMap;
 use crate::sys::{self, Stat};
 use budget::FdBudget;
 use data::NewInode;
@@ -96,10 +96,10 @@ impl Found<'_> {
 
 #[derive(Default)]
 struct Tables {
-    by_id: HashMap<u64, Arc<InodeData>>,
-    by_key: HashMap<InodeKey, u64>,
+    by_id: IdMap<u64, Arc<InodeData>>,
+    by_key: IdMap<InodeKey, u64>,
     /// Lookup hints: the inode a name was first found to lead to.
-    by_name: HashMap<NameKey, u64>,
+    by_name: IdMap<NameKey, u64>,
 }
 
 impl Tables {
