@@ -55,9 +55,8 @@ pub fn entries(buf: &[u8]) -> impl Iterator<Item = RawDirEntry<'_>> {
 /// the next page is served from here instead.
 #[derive(Debug, Default)]
 pub struct DirStream {
+    /// The batch read last; its length is what the host filled.
     buf: Vec<u8>,
-    /// Valid bytes in `buf`.
-    len: usize,
     /// The next record not yet sent.
     pos: usize,
     /// The FUSE offset a request must name to continue at `pos`; None when nothing is cached
@@ -69,42 +68,57 @@ pub struct DirStream {
 const BATCH: usize = 8 * 1024;
 
 impl DirStream {
+    /// The stream of a freshly opened directory fd, which is at the start: the first READDIR
+    /// (offset 0) needs no lseek.
+    pub fn at_start() -> Self {
+        Self {
+            resume: Some(0),
+            ..Self::default()
+        }
+    }
+
     /// Feed `add` entries from `offset` on, until it returns 0 (reply full) or the directory
-    /// ends. `fill` reads the next batch from the host (getdents64), `seek` positions the host
-    /// fd. An error from `add` ends the reply: it is returned only if nothing was added yet, so
+    /// ends. `fill` appends the next batch from the host (getdents64) to the empty vector it
+    /// is given, whose capacity is the batch size; `seek` positions the host fd. An error
+    /// from `add` or `fill` ends the reply: it is returned only if nothing was added yet, so
     /// that entries already placed in the reply (and counted for the guest) are not lost.
     pub fn serve(
         &mut self,
         offset: u64,
         mut seek: impl FnMut(u64) -> std::io::Result<()>,
-        mut fill: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+        mut fill: impl FnMut(&mut Vec<u8>) -> std::io::Result<usize>,
         mut add: impl FnMut(&RawDirEntry<'_>) -> std::io::Result<usize>,
     ) -> std::io::Result<()> {
         if self.resume != Some(offset) {
             self.resume = None;
-            self.len = 0;
+            self.buf.clear();
             self.pos = 0;
             seek(offset)?;
         }
         let mut last = offset;
         let mut added_any = false;
         loop {
-            if self.pos >= self.len {
-                if self.buf.len() < BATCH {
-                    self.buf = vec![0; BATCH];
-                }
+            if self.pos >= self.buf.len() {
+                self.buf.clear();
+                self.buf.reserve(BATCH);
                 self.pos = 0;
-                self.len = 0;
-                let n = fill(&mut self.buf)?;
-                if n == 0 {
-                    // The end: keep the position, drop the memory.
-                    self.buf = Vec::new();
-                    self.resume = Some(last);
-                    return Ok(());
+                match fill(&mut self.buf) {
+                    Ok(0) => {
+                        // The end: keep the position, drop the memory.
+                        self.buf = Vec::new();
+                        self.resume = Some(last);
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Where the fd stands is not known for sure: seek next time.
+                        self.buf.clear();
+                        self.resume = None;
+                        return if added_any { Ok(()) } else { Err(e) };
+                    }
                 }
-                self.len = n;
             }
-            let Some((entry, reclen)) = first_entry(&self.buf[self.pos..self.len]) else {
+            let Some((entry, reclen)) = first_entry(&self.buf[self.pos..]) else {
                 // Cannot happen with a real kernel; start over from a seek next time.
                 self.resume = None;
                 return Ok(());
@@ -159,6 +173,15 @@ mod tests {
     /// A directory of `n` one-letter-ish entries served through DirStream in pages of
     /// `per_page`, continuing or seeking as a FUSE guest would.
     fn listing(n: u64, per_page: usize, restart_at: Option<u64>) -> (Vec<String>, usize, usize) {
+        listing_from(DirStream::default(), n, per_page, restart_at)
+    }
+
+    fn listing_from(
+        mut stream: DirStream,
+        n: u64,
+        per_page: usize,
+        restart_at: Option<u64>,
+    ) -> (Vec<String>, usize, usize) {
         let all: Vec<u8> = (0..n)
             .flat_map(|i| {
                 record(
@@ -171,7 +194,6 @@ mod tests {
             .collect();
         let pos = std::cell::Cell::new(0usize); // byte position of the host fd
         let (seeks, fills) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
-        let mut stream = DirStream::default();
         let mut names = Vec::new();
         let mut offset = 0u64;
         loop {
@@ -192,10 +214,11 @@ mod tests {
                     },
                     |buf| {
                         fills.set(fills.get() + 1);
+                        assert!(buf.is_empty(), "a batch is read into an empty buffer");
                         // Three small records per batch, to cross batch boundaries often.
                         let p = pos.get();
-                        let take = (all.len() - p).min(3 * 32).min(buf.len());
-                        buf[..take].copy_from_slice(&all[p..p + take]);
+                        let take = (all.len() - p).min(3 * 32).min(buf.capacity());
+                        buf.extend_from_slice(&all[p..p + take]);
                         pos.set(p + take);
                         Ok(take)
                     },
@@ -229,6 +252,56 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_handle_lists_from_the_start_without_seeking() {
+        let (names, seeks, _) = listing_from(DirStream::at_start(), 50, 7, None);
+        assert_eq!(names.len(), 50);
+        assert_eq!(seeks, 0);
+    }
+
+    #[test]
+    fn a_failed_batch_keeps_what_was_added_and_seeks_next_time() {
+        let first = record(1, 1, libc::DT_REG, b"a");
+        let mut stream = DirStream::at_start();
+        let mut fills = 0;
+        let mut added = 0;
+        let r = stream.serve(
+            0,
+            |_| panic!("a fresh handle at offset 0 needs no seek"),
+            |buf| {
+                fills += 1;
+                if fills == 1 {
+                    buf.extend_from_slice(&first);
+                    Ok(first.len())
+                } else {
+                    Err(std::io::Error::from_raw_os_error(libc::EIO))
+                }
+            },
+            |_| {
+                added += 1;
+                Ok(1)
+            },
+        );
+        assert!(r.is_ok(), "one entry was added: the reply stands");
+        assert_eq!(added, 1);
+        let mut seeks = Vec::new();
+        let r = stream.serve(
+            1,
+            |off| {
+                seeks.push(off);
+                Ok(())
+            },
+            |_| Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            |_| Ok(1),
+        );
+        assert!(r.is_err(), "nothing added: the error is the reply");
+        assert_eq!(
+            seeks,
+            [1],
+            "after a failed batch the position is re-established"
+        );
+    }
+
+    #[test]
     fn a_jump_seeks_and_lists_from_there() {
         // After the first page the guest asks for offset 30: the rest must be f30..f49.
         let (names, seeks, _) = listing(50, 7, Some(30));
@@ -249,8 +322,8 @@ mod tests {
             0,
             |_| Ok(()),
             |buf| {
-                let n = all.len().min(buf.len());
-                buf[..n].copy_from_slice(&all[..n]);
+                let n = all.len().min(buf.capacity());
+                buf.extend_from_slice(&all[..n]);
                 Ok(n)
             },
             |_| {

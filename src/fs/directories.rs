@@ -29,7 +29,7 @@ impl Passthrough {
                 let off = i64::try_from(off).map_err(|_| err(libc::EINVAL))?;
                 sys::lseek(h.fd(), off, libc::SEEK_SET).map(drop)
             },
-            |buf| sys::getdents64(h.fd(), buf),
+            |buf| sys::getdents64_into(h.fd(), buf),
             |e| add(e),
         )
     }

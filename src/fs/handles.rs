@@ -49,7 +49,8 @@ impl HandleData {
             inode: inode.id,
             _pin: Pin(inode.clone()),
             file,
-            dir: Mutex::new(DirStream::default()),
+            // Every handle is made on an fd just opened: at the start of the directory.
+            dir: Mutex::new(DirStream::at_start()),
             noatime_on: AtomicBool::new(noatime_on),
             noatime_allowed,
         }

@@ -248,14 +248,14 @@ impl Passthrough {
             libc::O_RDONLY | libc::O_DIRECTORY,
             0,
         )?;
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = Vec::with_capacity(16 * 1024);
         let mut count = 0usize;
         loop {
-            let n = sys::getdents64(dir.as_fd(), &mut buf)?;
-            if n == 0 {
+            buf.clear();
+            if sys::getdents64_into(dir.as_fd(), &mut buf)? == 0 {
                 break;
             }
-            count += dir::entries(&buf[..n]).count();
+            count += dir::entries(&buf).count();
         }
         // Not ".", "..", nor the fd just opened to count them.
         Ok(count.saturating_sub(3))

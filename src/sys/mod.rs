@@ -274,17 +274,24 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
     Ok(unsafe { st.assume_init() })
 }
 
-/// Raw `getdents64(2)` into `buf`; returns the number of bytes filled (0 at end of directory).
-pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is writable for `buf.len()` bytes.
-    check_size(unsafe {
+/// `getdents64(2)` into `buf`'s spare capacity, which becomes part of `buf`; returns the bytes
+/// added (0 at end of directory). Nothing is zeroed first: a directory handle reads a batch
+/// of records, usually a few hundred bytes of it, and zeroing the whole batch cost more than
+/// the parsing (`ls -lR` opens a directory per READDIR or two).
+pub fn getdents64_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the kernel writes at most `spare.len()` bytes, into memory `buf` owns.
+    let n = check_size(unsafe {
         libc::syscall(
             libc::SYS_getdents64,
             fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
+            spare.as_mut_ptr(),
+            spare.len(),
         ) as isize
-    })
+    })?;
+    // SAFETY: the kernel initialised the first `n` (at most `spare.len()`) spare bytes.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// `fcntl(F_GETFL)`.
