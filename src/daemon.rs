@@ -455,6 +455,8 @@ pub fn run(opt: &Opt) -> Result<ExitCode, DaemonError> {
     // Before any thread exists, so that every thread inherits the mask.
     sys::block_signals(&HANDLED_SIGNALS)
         .map_err(|e| DaemonError::Setup("cannot block signals".into(), e))?;
+    // So that the memory a large tree's inodes took is given back once they are forgotten.
+    sys::fix_trim_threshold();
 
     let sandbox_cfg = opt.sandbox_config();
     sandbox::check(&sandbox_cfg).map_err(DaemonError::Sandbox)?;

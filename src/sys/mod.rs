@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 mod file_handle;
+mod memory;
 
 use fuse_backend_rs::file_buf::FileVolatileSlice;
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
@@ -753,15 +754,7 @@ pub fn group_id(name: &str) -> io::Result<Option<u32>> {
 }
 
 pub use file_handle::{name_to_handle, open_by_handle, FileHandle};
-
-/// Hand memory the allocator holds free back to the kernel (glibc's `malloc_trim`): after a big
-/// table shrank, its pages would otherwise stay resident.
-pub fn release_free_memory() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+pub use memory::{fix_trim_threshold, release_free_memory};
 
 /// The soft RLIMIT_NOFILE.
 pub fn nofile_limit() -> u64 {
