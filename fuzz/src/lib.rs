@@ -6,4 +6,5 @@ pub mod bytes;
 pub mod guest;
 pub mod harness;
 pub mod script;
+pub mod shape;
 pub mod share;
