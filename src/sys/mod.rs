@@ -280,17 +280,25 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
 /// of records, usually a few hundred bytes of it, and zeroing the whole batch cost more than
 /// the parsing (`ls -lR` opens a directory per READDIR or two).
 pub fn getdents64_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: the kernel writes at most `spare.len()` bytes, into memory `buf` owns.
-    let n = check_size(unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            spare.as_mut_ptr(),
-            spare.len(),
-        ) as isize
-    })?;
-    // SAFETY: the kernel initialised the first `n` (at most `spare.len()`) spare bytes.
+    let room = buf.capacity() - buf.len();
+    fill_spare(buf, room, |ptr, len| {
+        // SAFETY: `ptr` is writable for `len` bytes (fill_spare's contract).
+        unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), ptr, len) as isize }
+    })
+}
+
+/// Let `call(ptr, len)` (a system call returning a byte count or -1) write into the first
+/// `max` bytes of `buf`'s spare capacity (reserved here), and make what it wrote part of `buf`.
+/// Returns the bytes added.
+fn fill_spare(
+    buf: &mut Vec<u8>,
+    max: usize,
+    call: impl FnOnce(*mut libc::c_void, usize) -> isize,
+) -> io::Result<usize> {
+    buf.reserve(max);
+    let room = &mut buf.spare_capacity_mut()[..max];
+    let n = check_size(call(room.as_mut_ptr().cast(), room.len()))?.min(room.len());
+    // SAFETY: the call initialised the first `n` (at most `room.len()`) spare bytes.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
@@ -380,21 +388,12 @@ pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
 /// security label) or fill a few bytes of a buffer the guest sized for the largest value. At
 /// most `max` bytes are read (the capacity may be larger): a longer value is ERANGE.
 pub fn getxattr_into(path: &CStr, name: &CStr, buf: &mut Vec<u8>, max: usize) -> io::Result<()> {
-    buf.reserve(max);
-    let spare = buf.spare_capacity_mut();
-    let room = &mut spare[..max];
-    // SAFETY: the kernel writes at most `room.len()` bytes, into memory `buf` owns.
-    let n = check_size(unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            room.as_mut_ptr().cast(),
-            room.len(),
-        )
-    })?;
-    // SAFETY: the kernel initialised the first `n` (at most `room.len()`) spare bytes.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(())
+    fill_spare(buf, max, |ptr, len| {
+        // SAFETY: `ptr` is writable for `len` bytes (fill_spare's contract); the strings are
+        // NUL-terminated.
+        unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, len) }
+    })
+    .map(drop)
 }
 
 pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
