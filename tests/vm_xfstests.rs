@@ -252,6 +252,16 @@ add_user 123456-fsgqa 7803
 
 /// Boot a guest with two shares (test and scratch), each served by its own daemon of `kind`,
 /// and run xfstests' `check` on `sel` there.
+/// `VUFSD_XFSTESTS_VUFSD_ARGS="--no-flock ..."`: options added to vufsd's (not virtiofsd's)
+/// for a what-if run, e.g. whether a failure goes with an option; scripts/xfstests takes them
+/// only with --no-record, since the record compares the two daemons with the same options.
+fn vufsd_extra_args(kind: DaemonKind) -> Vec<String> {
+    match (kind, std::env::var("VUFSD_XFSTESTS_VUFSD_ARGS")) {
+        (DaemonKind::Vufsd, Ok(a)) => a.split_whitespace().map(String::from).collect(),
+        _ => Vec::new(),
+    }
+}
+
 pub fn run(
     kind: DaemonKind,
     sel: &Selection,
@@ -266,6 +276,7 @@ pub fn run(
     };
     let xfstests = build(&src).unwrap_or_else(|e| panic!("xfstests: {e}"));
     let program = require("the daemon under test", kind.program())?;
+    let extra = vufsd_extra_args(kind);
     let dir = TestDir::new(&format!("xfstests_{}", label.replace('/', "-")));
     // Dropped before `dir`, after the daemons (declared below).
     let test_fs = LoopFs::new(dir.path(), "test", SHARE_GIB).unwrap_or_else(|e| panic!("{e}"));
@@ -278,6 +289,7 @@ pub fn run(
         &test_share,
     )
     .args(DAEMON_ARGS)
+    .args(&extra)
     .spawn(dir.path());
     let mut scratch_daemon = DaemonSpec::fs(
         Ok(program),
@@ -285,6 +297,7 @@ pub fn run(
         &scratch_share,
     )
     .args(DAEMON_ARGS)
+    .args(&extra)
     .spawn(dir.path());
     let args = match sel {
         Selection::Tests(t) => t.join(" "),

@@ -87,18 +87,14 @@ pub fn birth_time(fd: BorrowedFd<'_>) -> io::Result<Option<(i64, u32)>> {
         .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)))
 }
 
+/// A symlink's target, read into unzeroed room for PATH_MAX bytes (most targets are a few
+/// dozen bytes: zeroing the whole buffer first would be wasted work).
 pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: `buf` is writable for `buf.len()` bytes.
-    let n = check_size(unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+    let mut buf = Vec::new();
+    fill_spare(&mut buf, libc::PATH_MAX as usize, |ptr, len| {
+        // SAFETY: `ptr` is writable for `len` bytes (fill_spare's spare capacity).
+        unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), ptr.cast(), len) }
     })?;
-    buf.truncate(n);
     Ok(buf)
 }
 
@@ -479,6 +475,7 @@ pub fn umask(mask: u32) -> u32 {
 
 /// Capability numbers from linux/capability.h.
 pub const CAP_FOWNER: u32 = 3;
+pub const CAP_FSETID: u32 = 4;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 
 /// The effective capability set of this thread (the low 64 bits, which cover every
