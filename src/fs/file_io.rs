@@ -13,20 +13,29 @@ use super::{err, Passthrough};
 use crate::sys;
 
 /// Move `size` bytes at `offset` between a host file and the guest, one `step(count, offset)`
-/// (a preadv/pwritev straight to or from guest memory) at a time, until done or the file ends.
-/// An error after some bytes moved ends the transfer short, as read(2) and write(2) do.
+/// (a preadv/pwritev straight to or from guest memory) at a time, until done or the file ends:
+/// a step that moves 0 bytes, or moves less than asked when `short_is_end()` says that only
+/// happens at the end (read_ends.rs). An error after some bytes moved ends the transfer
+/// short, as read(2) and write(2) do.
 fn transfer(
     size: u32,
     offset: u64,
+    short_is_end: impl Fn() -> bool,
     mut step: impl FnMut(usize, u64) -> io::Result<usize>,
 ) -> io::Result<usize> {
     let size = size as usize;
     let mut done = 0usize;
     while done < size {
         let off = offset.checked_add(done as u64).ok_or(err(libc::EINVAL))?;
-        match step(size - done, off) {
+        let want = size - done;
+        match step(want, off) {
             Ok(0) => break,
-            Ok(n) => done += n,
+            Ok(n) => {
+                done += n;
+                if n < want && short_is_end() {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if done > 0 => {
                 debug!("short transfer at offset {off}: {e}");
@@ -111,8 +120,11 @@ impl Passthrough {
         let h = self.handles.get(handle, inode)?;
         self.follow_noatime(&h, flags);
         let mut io = sys::HostIo(h.fd());
-        transfer(size, offset, |count, off| w.write_from(&mut io, count, off))
-            .inspect_err(|e| self.faults.note("read", inode, e))
+        let short_is_end = || self.read_ends.short_read_is_end(h.dev, h.fd());
+        transfer(size, offset, short_is_end, |count, off| {
+            w.write_from(&mut io, count, off)
+        })
+        .inspect_err(|e| self.faults.note("read", inode, e))
     }
 
     // FileSystem::write's signature.
@@ -137,8 +149,14 @@ impl Passthrough {
             self.kill_suidgid(h.fd())?;
         }
         let mut io = sys::HostIo(h.fd());
-        transfer(size, offset, |count, off| r.read_to(&mut io, count, off))
-            .inspect_err(|e| self.faults.note("write", inode, e))
+        // A short write is retried for the rest: the next one reports why (ENOSPC, EFBIG).
+        transfer(
+            size,
+            offset,
+            || false,
+            |count, off| r.read_to(&mut io, count, off),
+        )
+        .inspect_err(|e| self.faults.note("write", inode, e))
     }
 
     pub(super) fn flush(
@@ -196,5 +214,75 @@ impl Passthrough {
         }
         let offset = i64::try_from(offset).map_err(|_| err(libc::ENXIO))?;
         sys::lseek(h.fd(), offset, whence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A file of `len` bytes whose steps move at most `chunk` bytes; records the calls.
+    fn file(
+        len: u64,
+        chunk: usize,
+        calls: &RefCell<Vec<u64>>,
+    ) -> impl FnMut(usize, u64) -> io::Result<usize> + '_ {
+        move |count, off| {
+            calls.borrow_mut().push(off);
+            Ok(count.min(chunk).min(len.saturating_sub(off) as usize))
+        }
+    }
+
+    #[test]
+    fn a_short_read_ends_the_transfer_only_where_that_means_the_end() {
+        let calls = RefCell::new(Vec::new());
+        // A 3 KiB file read with 128 KiB: one call on local storage...
+        assert_eq!(
+            transfer(131072, 0, || true, file(3072, usize::MAX, &calls)).unwrap(),
+            3072
+        );
+        assert_eq!(*calls.borrow(), [0]);
+        // ...and a second, that gets 0, elsewhere.
+        calls.borrow_mut().clear();
+        assert_eq!(
+            transfer(131072, 0, || false, file(3072, usize::MAX, &calls)).unwrap(),
+            3072
+        );
+        assert_eq!(*calls.borrow(), [0, 3072]);
+        // A filesystem that returns 1 KiB at a time mid-file is read to the end.
+        calls.borrow_mut().clear();
+        assert_eq!(
+            transfer(4096, 0, || false, file(3072, 1024, &calls)).unwrap(),
+            3072
+        );
+        assert_eq!(*calls.borrow(), [0, 1024, 2048, 3072]);
+        // A full read asks nothing more.
+        calls.borrow_mut().clear();
+        assert_eq!(
+            transfer(2048, 1024, || false, file(3072, usize::MAX, &calls)).unwrap(),
+            2048
+        );
+        assert_eq!(*calls.borrow(), [1024]);
+    }
+
+    #[test]
+    fn an_error_after_some_bytes_ends_short_and_before_any_is_returned() {
+        let mut first = true;
+        let step = |count: usize, _| {
+            if std::mem::take(&mut first) {
+                Ok(count / 2)
+            } else {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+        };
+        assert_eq!(transfer(4096, 0, || false, step).unwrap(), 2048);
+        let fail = |_, _| Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(
+            transfer(4096, 0, || false, fail)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOSPC)
+        );
     }
 }

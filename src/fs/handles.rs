@@ -24,6 +24,8 @@ impl Drop for Pin {
 pub struct HandleData {
     /// The node id this handle was opened on; requests naming another node are refused.
     pub inode: u64,
+    /// The host device of its file (whose filesystem decides what a short read means).
+    pub dev: u64,
     file: OwnedFd,
     /// Directory handles: the getdents64 batch being served (and its lock serialises
     /// readdirs of one handle). Unused, and empty, for files.
@@ -47,6 +49,7 @@ impl HandleData {
         inode.pin();
         Self {
             inode: inode.id,
+            dev: inode.key.dev,
             _pin: Pin(inode.clone()),
             file,
             // Every handle is made on an fd just opened: at the start of the directory.

@@ -32,6 +32,7 @@ mod locks;
 mod migrate;
 mod open;
 pub mod open_flags;
+mod read_ends;
 mod xattr;
 pub mod xattrmap;
 
@@ -81,6 +82,8 @@ pub struct Passthrough {
     counters: NoatimeCounters,
     /// Storage failures on the host, logged once per kind.
     faults: faults::HostFaults,
+    /// Per host device, whether a short read means end of file.
+    read_ends: read_ends::ReadEnds,
     /// RLIMIT_NOFILE as it was set up (read once: the seccomp filter has no getrlimit).
     fd_limit: u64,
     /// Paths and handles collected while a migration copies the guest's RAM (`migrate`).
@@ -186,6 +189,7 @@ impl Passthrough {
             setxattr_ext: AtomicBool::new(false),
             counters: NoatimeCounters::default(),
             faults: Default::default(),
+            read_ends: Default::default(),
             fd_limit,
             migration_prep: Default::default(),
             locks: locks::LockTable::default(),

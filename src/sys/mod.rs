@@ -263,6 +263,15 @@ pub fn copy_file_range(
     })
 }
 
+/// The filesystem type (`f_type`, linux/magic.h) of the filesystem `fd` is on.
+pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = MaybeUninit::<libc::statfs64>::zeroed();
+    // SAFETY: `st` is a valid, writable buffer.
+    check(unsafe { libc::fstatfs64(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: filled by the kernel on success.
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
     let mut st = MaybeUninit::<libc::statvfs64>::zeroed();
     // SAFETY: `st` is a valid, writable buffer.
