@@ -269,7 +269,7 @@ pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
     // SAFETY: `st` is a valid, writable buffer.
     check(unsafe { libc::fstatfs64(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: filled by the kernel on success.
-    Ok(unsafe { st.assume_init() }.f_type as i64)
+    Ok(unsafe { st.assume_init() }.f_type)
 }
 
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
