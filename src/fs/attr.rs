@@ -13,17 +13,6 @@ use super::inodes::InodeData;
 use super::{err, Passthrough};
 use crate::sys::{self, Stat};
 
-/// `mode` (permission bits) as a write by someone without CAP_FSETID leaves it: no setuid, and
-/// no setgid when the group may execute (otherwise the bit marks mandatory locking) or, with
-/// `outsider`, when the writer is not in the file's group.
-fn without_setid(mode: u32, outsider: bool) -> u32 {
-    let mut kept = mode & !libc::S_ISUID;
-    if mode & libc::S_IXGRP != 0 || outsider {
-        kept &= !libc::S_ISGID;
-    }
-    kept
-}
-
 /// A FUSE time update as the host's utimensat wants it.
 fn time_spec(set: bool, now: bool, sec: i64, nsec: i64) -> libc::timespec {
     let (tv_sec, tv_nsec) = if now {
@@ -48,42 +37,18 @@ impl Passthrough {
     /// under killpriv_v2, because the daemon's own writes, with CAP_FSETID, would not.
     pub(super) fn kill_suidgid(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
         let st = sys::stat_fd(fd)?;
-        let mode = st.st_mode & 0o7777;
-        let kept = without_setid(mode, false);
-        if kept != mode {
-            sys::fchmod(fd, kept)?;
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if st.st_mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        if mode != st.st_mode & 0o7777 {
+            sys::fchmod(fd, mode)?;
         }
         match sys::removexattr(&sys::proc_fd_path(fd.as_raw_fd()), c"security.capability") {
             Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => Err(e),
             _ => Ok(()),
         }
-    }
-
-    /// FALLOCATE by a guest user who is not root: the guest kernel neither sends a SETATTR
-    /// first nor flags the request (FUSE has no kill flag for it), and the host clears the
-    /// set-id bits only for a caller without CAP_FSETID, which a daemon with it is not. So the
-    /// daemon does what the guest's local filesystem would: setuid goes, and setgid goes when
-    /// the group may execute or the caller is not in the file's group. The guest's root is
-    /// taken to hold CAP_FSETID and membership is judged by the caller's primary group (FUSE
-    /// does not send the others), which errs towards clearing. A daemon without CAP_FSETID
-    /// needs none of this: the host clears the bits itself.
-    pub(super) fn kill_setid_for_caller(
-        &self,
-        fd: std::os::fd::BorrowedFd<'_>,
-        uid: u32,
-        gid: u32,
-    ) -> io::Result<()> {
-        if uid == 0 || !self.cap_fsetid {
-            return Ok(());
-        }
-        let st = sys::stat_fd(fd)?;
-        let mode = st.st_mode & 0o7777;
-        let outsider = self.cfg.gid_map.to_host(gid) != Some(st.st_gid);
-        let kept = without_setid(mode, outsider);
-        if kept != mode {
-            sys::fchmod(fd, kept)?;
-        }
-        Ok(())
     }
 
     /// Apply the parts of `attr` selected by `valid`, through the open handle when the guest
@@ -307,16 +272,6 @@ mod tests {
         assert!(check_access(&st(libc::S_IFREG | 0o600, 5, 5), 0, 0, libc::X_OK as u32).is_err());
         assert!(check_access(&st(libc::S_IFREG | 0o100, 5, 5), 0, 0, libc::X_OK as u32).is_ok());
         assert!(check_access(&st(libc::S_IFDIR, 5, 5), 0, 0, libc::X_OK as u32).is_ok());
-    }
-
-    #[test]
-    fn setid_bits_a_write_clears() {
-        // generic/683: setuid always; setgid with group execute, or for a non-member.
-        assert_eq!(without_setid(0o6666, false), 0o2666);
-        assert_eq!(without_setid(0o6666, true), 0o666);
-        assert_eq!(without_setid(0o6676, false), 0o676);
-        assert_eq!(without_setid(0o6766, true), 0o766);
-        assert_eq!(without_setid(0o0644, true), 0o644);
     }
 
     #[test]

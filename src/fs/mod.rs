@@ -65,9 +65,6 @@ pub struct Passthrough {
     creds: DaemonCreds,
     /// Root can act as the guest caller for creations; an unprivileged daemon cannot.
     can_switch_creds: bool,
-    /// CAP_FSETID in the effective set: the host then keeps set-id bits on the daemon's
-    /// writes, and clearing them for the guest's callers is the daemon's job (attr.rs).
-    cap_fsetid: bool,
     /// Set by FUSE_INIT when the guest accepted the writeback cache.
     writeback: AtomicBool,
     /// Set by FUSE_INIT when the guest accepted POSIX ACLs (and so sends unmasked modes).
@@ -181,7 +178,6 @@ impl Passthrough {
             proc_self_fd,
             creds,
             can_switch_creds: euid == 0,
-            cap_fsetid: caps & (1 << sys::CAP_FSETID) != 0,
             writeback: AtomicBool::new(false),
             acl_negotiated: AtomicBool::new(false),
             submounts: AtomicBool::new(false),

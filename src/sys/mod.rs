@@ -484,7 +484,6 @@ pub fn umask(mask: u32) -> u32 {
 
 /// Capability numbers from linux/capability.h.
 pub const CAP_FOWNER: u32 = 3;
-pub const CAP_FSETID: u32 = 4;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 
 /// The effective capability set of this thread (the low 64 bits, which cover every
