@@ -46,6 +46,8 @@ pub const MAX_REQUEST_QUEUES: usize = 16;
 const MAX_QUEUE_SIZE: usize = 32768;
 /// Requests served between two guest notifications when a queue has a backlog.
 const NOTIFY_BATCH: usize = 8;
+/// How often a `--poll-us` loop yields the CPU between looks at its queue (`poll_queue`).
+const POLL_YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(10);
 
 pub struct FsDevice {
     dispatcher: Arc<Dispatcher>,
@@ -108,18 +110,29 @@ impl FsDevice {
 
     /// Look for more requests on `vring` for `self.poll` after the last one, notifications
     /// off: a guest that sends its next request within that time needs no kick (an eventfd
-    /// write in its vCPU, a wakeup here). Between looks the thread yields, so a client on the
-    /// same CPU gets to run. Costs that CPU time when nothing comes.
+    /// write in its vCPU, a wakeup here). Costs that CPU time when nothing comes.
+    ///
+    /// Between looks the thread spins, and yields the CPU every `POLL_YIELD_EVERY`, so that
+    /// a client on the same CPU that was not switched to when its reply came still gets to
+    /// run soon; a yield on every look would be a system call per look.
     fn poll_queue(&self, vring: &Vring, queue: u16) -> io::Result<()> {
-        let mut deadline = std::time::Instant::now() + self.poll;
-        while std::time::Instant::now() < deadline {
+        let start = std::time::Instant::now();
+        let mut deadline = start + self.poll;
+        let mut next_yield = start + POLL_YIELD_EVERY;
+        loop {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
             if self.process_queue(vring, queue)? {
                 deadline = std::time::Instant::now() + self.poll;
-            } else {
+            } else if now >= next_yield {
                 std::thread::yield_now();
+                next_yield = now + POLL_YIELD_EVERY;
+            } else {
+                std::hint::spin_loop();
             }
         }
-        Ok(())
     }
 
     pub fn dispatcher(&self) -> &Arc<Dispatcher> {
