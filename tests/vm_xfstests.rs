@@ -252,14 +252,18 @@ add_user 123456-fsgqa 7803
 
 /// Boot a guest with two shares (test and scratch), each served by its own daemon of `kind`,
 /// and run xfstests' `check` on `sel` there.
-/// `VUFSD_XFSTESTS_VUFSD_ARGS="--no-flock ..."`: options added to vufsd's (not virtiofsd's)
-/// for a what-if run, e.g. whether a failure goes with an option; scripts/xfstests takes them
+/// `VUFSD_XFSTESTS_VUFSD_ARGS="--no-flock ..."` / `VUFSD_XFSTESTS_VIRTIOFSD_ARGS="--log-level
+/// debug ..."`: options added to that daemon's for a what-if or debugging run, e.g. whether a
+/// failure goes with an option, or which reply a failing test got; scripts/xfstests takes them
 /// only with --no-record, since the record compares the two daemons with the same options.
-fn vufsd_extra_args(kind: DaemonKind) -> Vec<String> {
-    match (kind, std::env::var("VUFSD_XFSTESTS_VUFSD_ARGS")) {
-        (DaemonKind::Vufsd, Ok(a)) => a.split_whitespace().map(String::from).collect(),
-        _ => Vec::new(),
-    }
+fn extra_args(kind: DaemonKind) -> Vec<String> {
+    let var = match kind {
+        DaemonKind::Vufsd => "VUFSD_XFSTESTS_VUFSD_ARGS",
+        DaemonKind::Virtiofsd => "VUFSD_XFSTESTS_VIRTIOFSD_ARGS",
+    };
+    std::env::var(var)
+        .map(|a| a.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
 }
 
 pub fn run(
@@ -276,7 +280,7 @@ pub fn run(
     };
     let xfstests = build(&src).unwrap_or_else(|e| panic!("xfstests: {e}"));
     let program = require("the daemon under test", kind.program())?;
-    let extra = vufsd_extra_args(kind);
+    let extra = extra_args(kind);
     let dir = TestDir::new(&format!("xfstests_{}", label.replace('/', "-")));
     // Dropped before `dir`, after the daemons (declared below).
     let test_fs = LoopFs::new(dir.path(), "test", SHARE_GIB).unwrap_or_else(|e| panic!("{e}"));
@@ -364,14 +368,30 @@ true
     }
     eprintln!("xfstests {kind:?} {label}: {}", results.summary());
     if let Ok(report) = std::env::var("VUFSD_XFSTESTS_REPORT") {
-        write_report(Path::new(&report), kind, label, &results, &out.run_dir);
+        let logs = [test_daemon.log_path(), scratch_daemon.log_path()];
+        write_report(
+            Path::new(&report),
+            kind,
+            label,
+            &results,
+            &out.run_dir,
+            logs,
+        );
     }
     Some(results)
 }
 
 /// `<dir>/<daemon>-<label>.txt`: one line per test (`pass NAME SECONDS`, `notrun NAME WHY`,
-/// `fail NAME WHAT`), read by scripts/xfstests; and check's results directory beside it.
-fn write_report(dir: &Path, kind: DaemonKind, label: &str, r: &Results, run_dir: &Path) {
+/// `fail NAME WHAT`), read by scripts/xfstests; check's results directory and the two daemons'
+/// logs (`.test-daemon.log`, `.scratch-daemon.log`) beside it.
+fn write_report(
+    dir: &Path,
+    kind: DaemonKind,
+    label: &str,
+    r: &Results,
+    run_dir: &Path,
+    [test_log, scratch_log]: [&Path; 2],
+) {
     let name = format!("{kind:?}-{label}").to_lowercase().replace('/', "-");
     let mut body = format!("# elapsed {}\n", r.elapsed.as_secs());
     if r.partial {
@@ -403,6 +423,9 @@ fn write_report(dir: &Path, kind: DaemonKind, label: &str, r: &Results, run_dir:
         .arg(&results)
         .arg(&dest)
         .status();
+    for (log, share) in [(test_log, "test"), (scratch_log, "scratch")] {
+        let _ = std::fs::copy(log, dir.join(format!("{name}.{share}-daemon.log")));
+    }
 }
 
 /// One entry of tests/xfstests/expected-failures.txt.
